@@ -1,0 +1,213 @@
+"""The `curate` command: parses options and calls one library function per command.
+
+Stage packages are imported inside the commands so `curate --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from curate import __version__
+from curate.errors import CurateError, InvalidArgument
+from curate.workspace import DEFAULT_ROOT
+
+app = typer.Typer(
+    name="curate",
+    help="Turn an image board into a clean, labelled anime-face dataset.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+Workspace = Annotated[
+    Path,
+    typer.Option(
+        "--workspace", "-w", envvar="CURATE_WORKSPACE", help="Workspace folder (created if missing)."
+    ),
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
+class Size(str, Enum):
+    original = "original"
+    sample = "sample"
+
+
+class ApiFormat(str, Enum):
+    xml = "xml"
+    json = "json"
+
+
+@app.callback()
+def _setup(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each retry and lookup.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        out.print(f"curate {__version__}")
+        raise typer.Exit()
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_path=False, show_time=False)],
+    )
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+@app.command()
+def crawl(
+    tags: Annotated[
+        str, typer.Option(help="Tag query, space separated; -tag excludes (e.g. 'solo -comic').")
+    ],
+    limit: Annotated[int, typer.Option(min=1, help="Posts to crawl, newest first; a larger limit extends.")],
+    workspace: Workspace = DEFAULT_ROOT / "default",
+    base_url: Annotated[str, typer.Option(help="A Gelbooru 0.2 board.")] = "https://safebooru.org",
+    rate: Annotated[
+        float, typer.Option(min=0, help="Requests per second to the board; 0 = unlimited.")
+    ] = 2.0,
+    concurrency: Annotated[int, typer.Option(min=1, max=256, help="Parallel downloads.")] = 16,
+    size: Annotated[
+        Size, typer.Option(help="Original files, or the board's smaller samples.")
+    ] = Size.original,
+    min_side: Annotated[int, typer.Option(min=0, help="Skip images whose shorter side is under PX.")] = 0,
+    rating: Annotated[
+        Optional[str],  # noqa: UP045 - typer needs Optional here on Python 3.10
+        typer.Option(
+            help="Keep only these ratings, comma separated: general,sensitive,questionable,explicit."
+        ),
+    ] = None,
+    api: Annotated[ApiFormat, typer.Option(help="Listing format to read.")] = ApiFormat.xml,
+    tag_categories: Annotated[bool, typer.Option(help="Look up each tag's category.")] = True,
+    retry_failed: Annotated[bool, typer.Option(help="Try failed posts again.")] = False,
+    force: Annotated[bool, typer.Option(help="Redo every post, fetching images again.")] = False,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for a server to answer.")] = 30.0,
+    retries: Annotated[int, typer.Option(min=1, help="Attempts per request before a post fails.")] = 5,
+    part_rows: Annotated[int, typer.Option(min=1, help="Rows per manifest part.")] = 1000,
+    quiet: Quiet = False,
+) -> None:
+    """Crawl a Gelbooru-0.2 board (Safebooru by default) by tag into the workspace."""
+    from crawl.board import CrawlOptions, crawl_board
+    from crawl.http import RetryPolicy
+
+    options = CrawlOptions(
+        tags=tags,
+        limit=limit,
+        base_url=base_url,
+        rate=rate,
+        concurrency=concurrency,
+        size=size.value,
+        min_side=min_side,
+        ratings=tuple(r.strip() for r in rating.split(",") if r.strip()) if rating else (),
+        api_format=api.value,
+        tag_categories=tag_categories,
+        force=force,
+        retry_failed=retry_failed,
+        rows_per_part=part_rows,
+        timeout=(min(10.0, timeout), timeout),
+        retry=RetryPolicy(attempts=retries),
+    )
+    report = crawl_board(workspace, options, progress=not quiet)
+    if report.up_to_date:
+        out.print(
+            f"crawl of '{report.query}' is already complete in {workspace}: nothing to do.\n"
+            "A larger --limit extends it; --retry-failed tries failed posts again; --force redoes it."
+        )
+        return
+    total = f" of {report.total:,} on the board" if report.total is not None else ""
+    out.print(f"[bold]crawl[/bold] '{report.query}': {report.listed:,} posts listed{total}")
+    if report.already_done:
+        out.print(f"  {report.already_done:,} were already done")
+    _print_outcomes(report.outcomes)
+    rate_text = f"{report.written / max(report.seconds, 1e-9):.1f} posts/s"
+    out.print(
+        f"  {report.bytes / 1e6:.1f} MB in {report.seconds:.1f} s ({rate_text}), {report.retries} retries"
+    )
+    if report.exhausted:
+        out.print("  the board has no more posts for this query")
+    if report.interrupted:
+        err.print("interrupted: what finished is saved; run the same command again to resume")
+        raise typer.Exit(130)
+
+
+@app.command()
+def ingest(
+    folder: Annotated[Path, typer.Argument(help="Folder of images, searched recursively.")],
+    workspace: Workspace = DEFAULT_ROOT / "default",
+    min_side: Annotated[int, typer.Option(min=0, help="Skip images whose shorter side is under PX.")] = 0,
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Files checked in parallel.")] = 4,
+    retry_failed: Annotated[bool, typer.Option(help="Try failed files again.")] = False,
+    force: Annotated[bool, typer.Option(help="Redo every file.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Add a local folder of images (with .txt/.json tag sidecars) to the workspace."""
+    from crawl.local import ingest_folder
+
+    report = ingest_folder(
+        folder,
+        workspace,
+        min_side=min_side,
+        concurrency=concurrency,
+        force=force,
+        retry_failed=retry_failed,
+        progress=not quiet,
+    )
+    if not report.written:
+        out.print(f"all {report.listed:,} images under {report.root} are already ingested: nothing to do.")
+        return
+    out.print(
+        f"[bold]ingest[/bold] {report.root}: {report.listed:,} images, {report.already_done:,} already done"
+    )
+    _print_outcomes(report.outcomes)
+    out.print(f"  {report.bytes / 1e6:.1f} MB in {report.seconds:.1f} s")
+
+
+@app.command()
+def status(workspace: Workspace = DEFAULT_ROOT / "default") -> None:
+    """Rows per stage by status and error code."""
+    from curate.status import format_counts, workspace_status
+    from curate.workspace import Workspace as Ws
+
+    if not Path(workspace).is_dir():
+        raise InvalidArgument(f"no workspace at {workspace}")
+    stages = workspace_status(Ws.open(workspace))
+    out.print(f"workspace {Path(workspace).resolve()}")
+    if not stages:
+        out.print("  no manifests yet: start with `curate crawl` or `curate ingest`")
+    for counts in stages:
+        out.print(f"[bold]{counts.stage}[/bold]  {counts.rows:,} rows")
+        for line in format_counts(counts):
+            out.print(f"  {line}", highlight=False)
+
+
+def _print_outcomes(outcomes: Counter[tuple[str, str | None]]) -> None:
+    from curate.manifest import STATUSES
+
+    for status_name in STATUSES:
+        codes = Counter({code: n for (s, code), n in outcomes.items() if s == status_name})
+        total = sum(codes.values())
+        if total:
+            detail = ", ".join(f"{code} {n}" for code, n in codes.most_common() if code)
+            out.print(f"  {status_name:<8}{total:>8,}" + (f"  ({detail})" if detail else ""), highlight=False)
+
+
+def main() -> None:
+    """Console entry point: a CurateError becomes a one-line message and an exit code, not a traceback."""
+    try:
+        app()
+    except InvalidArgument as error:
+        err.print(f"[red]error:[/red] {error}", highlight=False)
+        raise SystemExit(2) from None
+    except CurateError as error:
+        err.print(f"[red]error:[/red] {error}", highlight=False)
+        raise SystemExit(1) from None
