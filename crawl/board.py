@@ -11,7 +11,7 @@ import logging
 import shutil
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -178,7 +178,9 @@ class _BoardCrawl:
         statuses = (OK, SKIPPED) if options.retry_failed else STATUSES
         self.skip = set() if options.force else done_keys(ws, CRAWL, statuses=statuses)
         self.seen: set[str] = set()
-        self.inflight: dict[Future[StoredImage], tuple[Post, str]] = {}
+        # Each download with the posts waiting on it: posts sharing an md5 share one fetch.
+        self.inflight: dict[Future[StoredImage], list[tuple[Post, str]]] = {}
+        self.inflight_md5: dict[str, Future[StoredImage]] = {}
         self.bar = StageProgress("crawl", options.limit, unit="posts", enabled=progress)
 
     def run(self) -> CrawlReport:
@@ -264,6 +266,9 @@ class _BoardCrawl:
                 sample, Outcome(SKIPPED, "unsupported_format", f"{extension} is not an image")
             )
         expected = post.md5 if url == post.file_url else None  # a sample's bytes are not the original's
+        if expected and expected in self.inflight_md5:
+            self.inflight[self.inflight_md5[expected]].append((post, url))
+            return None
         future = pool.submit(
             download_image,
             self.http,
@@ -274,7 +279,9 @@ class _BoardCrawl:
             limits=options.limits,
             reuse=not options.force,
         )
-        self.inflight[future] = (post, url)
+        self.inflight[future] = [(post, url)]
+        if expected:
+            self.inflight_md5[expected] = future
         return None
 
     def _drain(self, *, keep: int) -> None:
@@ -283,17 +290,21 @@ class _BoardCrawl:
             block = len(self.inflight) > keep
             done, _ = wait(self.inflight, timeout=None if block else 0, return_when=FIRST_COMPLETED)
             for future in done:
-                post, url = self.inflight.pop(future)
-                self._finish(post, url, future)
+                waiting = self.inflight.pop(future)
+                self.inflight_md5.pop(waiting[0][0].md5 or "", None)
+                for follower, (post, url) in enumerate(waiting):
+                    self._finish(post, url, future, shared=follower > 0)
             if not block:
                 return
 
-    def _finish(self, post: Post, url: str, future: Future[StoredImage]) -> None:
+    def _finish(self, post: Post, url: str, future: Future[StoredImage], *, shared: bool = False) -> None:
         sample = self._sample(post, url)
         if future.cancelled():
             return  # interrupted before it started: no row, the next run fetches it
         try:
             stored = future.result()
+            if shared:
+                stored = replace(stored, reused=True)
         except (FetchError, ImageCheckError) as err:
             return self._record(sample, Outcome(FAILED, err.code, err.message))
         except Exception as err:  # a bug must cost one row, not the crawl

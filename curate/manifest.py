@@ -172,7 +172,8 @@ def read_stage(ws: Workspace, stage: Stage, columns: Iterable[str] | None = None
     files = part_files(ws, stage)
     if not files:
         return stage.schema.empty_table().select(wanted)
-    tables = [pq.read_table(f, columns=wanted, schema=stage.schema.select(wanted)) for f in files]
+    schema = pa.schema([stage.schema.field(name) for name in wanted])
+    tables = [pq.read_table(f, columns=wanted, schema=schema) for f in files]
     table = pa.concat_tables(tables).replace_schema_metadata(None)
     return _latest_per_key(table, stage.key)
 
