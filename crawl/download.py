@@ -10,7 +10,14 @@ from pathlib import Path
 import requests
 
 from crawl.http import FetchError, HttpClient
-from crawl.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageCheckError, ImageInfo, inspect_image
+from crawl.images import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    ImageCheckError,
+    ImageInfo,
+    check_signature,
+    inspect_image,
+)
 from curate.workspace import Workspace, land
 
 CHUNK = 1 << 16
@@ -71,6 +78,7 @@ def download_image(
     try:
         digest, size = http.call(url, lambda r: _stream_to(r, tmp, limits.max_bytes), stream=True)
         if expected_md5 and digest != expected_md5:
+            check_signature(tmp)  # an error page served as the image says more than its md5 does
             raise FetchError("md5_mismatch", f"md5 of the bytes is {digest}, the board says {expected_md5}")
         return store_file(ws, tmp, digest, size, limits)
     finally:

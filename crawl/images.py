@@ -54,10 +54,8 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
-def inspect_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
-    """Decode the first frame of the file at `path` and count its frames; raises ImageCheckError."""
-    from PIL import Image, UnidentifiedImageError
-
+def check_signature(path: Path) -> str:
+    """The format the file's first bytes announce; raises ImageCheckError for empty, text or unknown files."""
     with open(path, "rb") as handle:
         head = handle.read(32)
     if not head:
@@ -67,6 +65,14 @@ def inspect_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageI
         if head.lstrip().lower().startswith(_TEXT_STARTS):
             raise ImageCheckError("not_image", f"a text/HTML page, not an image: {_excerpt(head)}")
         raise ImageCheckError("unsupported_format", f"unknown file signature {head[:12].hex()}")
+    return fmt
+
+
+def inspect_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
+    """Decode the first frame of the file at `path` and count its frames; raises ImageCheckError."""
+    from PIL import Image, UnidentifiedImageError
+
+    fmt = check_signature(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -25,8 +25,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # long paths stay whole in logs and pipes
+err = Console(stderr=True, soft_wrap=True)
 
 Workspace = Annotated[
     Path,

@@ -15,9 +15,8 @@ import pytest
 
 from curate.workspace import Workspace
 
-FIXTURES = Path(
-    os.environ.get("CURATE_FIXTURES", Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures")
-)
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("CURATE_FIXTURES", REPO.parent / "shared" / "fixtures"))
 CORRUPT = {
     "danbooru__test_files_jpg_test-blank.jpg",
     "danbooru__test_files_png_empty.png",
