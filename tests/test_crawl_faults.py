@@ -178,3 +178,23 @@ def test_retry_failed_fetches_only_the_failures(booru, ws, victim):
         f"/images/{victim.id // 1000}/{victim.md5}.{victim.ext}"
     ]
     assert read_stage(ws, CRAWL).num_rows == 10
+
+
+def test_a_malformed_post_record_gets_a_failed_row_and_the_rest_go_on(booru, ws, monkeypatch):
+    from crawl.gelbooru import GelbooruClient
+
+    broken = booru.posts[-2]
+    normalise = GelbooruClient.normalise
+
+    def garble(self, record):
+        if str(record.get("id")) == str(broken.id):
+            raise ValueError("width is not a number")  # as a board with a bug might send it
+        return normalise(self, record)
+
+    monkeypatch.setattr(GelbooruClient, "normalise", garble)
+    report = crawl(booru, ws, limit=10)
+    rows = {r["post_id"]: r for r in read_stage(ws, CRAWL).to_pylist()}
+    bad = rows[f"127.0.0.1:{broken.id}"]
+    assert (bad["status"], bad["error"]) == ("failed", "bad_record")
+    assert "malformed post record" in bad["message"]
+    assert report.outcomes[("ok", None)] == 10
