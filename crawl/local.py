@@ -126,6 +126,7 @@ def ingest_folder(
                 bar.advance(1, stored.size if stored and not stored.reused else 0)
     finally:
         writer.flush(complete=True)
+        cache.save()
         shutil.rmtree(scratch, ignore_errors=True)
         report.seconds, report.bytes = bar.elapsed, bar.bytes
     return report

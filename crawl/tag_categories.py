@@ -25,19 +25,27 @@ class TagCategoryCache:
     def __init__(self, ws: Workspace):
         self.ws = ws
         table = read_stage(ws, TAG_CATEGORIES, columns=["tag", "category"])
+        self._unsaved: list[dict[str, object]] = []
         self.known: dict[str, str] = dict(
             zip(table["tag"].to_pylist(), table["category"].to_pylist(), strict=True)
         )
 
     def record(self, categories: Mapping[str, str], source: str) -> None:
-        """Keep new answers, in memory and as one manifest part."""
-        fresh = {t: c for t, c in categories.items() if self.known.get(t) != c}
-        if not fresh:
-            return
-        self.known.update(fresh)
+        """Keep new answers; `save` writes them."""
         stamp = now_utc()
-        rows = [{"tag": t, "category": c, "source": source, "fetched_at": stamp} for t, c in fresh.items()]
-        write_part(self.ws, TAG_CATEGORIES, rows, {"source": source})
+        for tag, category in categories.items():
+            if self.known.get(tag) != category:
+                self.known[tag] = category
+                self._unsaved.append(
+                    {"tag": tag, "category": category, "source": source, "fetched_at": stamp}
+                )
+
+    def save(self) -> None:
+        """Write the answers not yet saved as one part. Losing them to a kill costs only a lookup again:
+        rows already carry their tags grouped by category."""
+        if self._unsaved:
+            write_part(self.ws, TAG_CATEGORIES, self._unsaved)
+            self._unsaved = []
 
     def group(self, tags: Iterable[str]) -> dict[str, list[str]]:
         """Tags by category; tags of unknown category appear only in the post's full tag list."""
@@ -87,3 +95,4 @@ class TagCategoryResolver:
         if left:
             log.info("%d tags have no known category: %s", len(left), ", ".join(sorted(left)[:10]))
         self.unresolved |= left
+        self.cache.save()
