@@ -8,14 +8,23 @@ in flight, which the next run redoes: parts already written say which posts are 
 from __future__ import annotations
 
 import logging
+import queue
 import shutil
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from crawl.download import Limits, StoredImage, download_image
+from crawl.download import Limits, StoredImage
+from crawl.fetchers import (
+    Fetcher,
+    FetchSettings,
+    ProcessFetcher,
+    ThreadFetcher,
+    WorkerDied,
+    auto_processes,
+)
 from crawl.gelbooru import MAX_PAGE_SIZE, SAFEBOORU_URL, GelbooruClient, Post
 from crawl.http import FetchError, HttpClient, RetryPolicy
 from crawl.images import ImageCheckError
@@ -64,6 +73,7 @@ class CrawlOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     limits: Limits = field(default_factory=Limits)
     allow_hosts: tuple[str, ...] = ()
+    processes: int = 0  # 0: one per core when the rate allows it (see crawl.fetchers), else 1
 
     @property
     def terms(self) -> list[str]:
@@ -98,6 +108,8 @@ class CrawlOptions:
             problems.append(
                 f"--base-url must be an http(s) URL such as {SAFEBOORU_URL}, not {self.base_url!r}"
             )
+        if self.processes < 0:
+            problems.append(f"--processes must be 0 (automatic) or more, not {self.processes}")
         if self.rows_per_part < 1:
             problems.append(f"--part-rows must be at least 1, not {self.rows_per_part}")
         if problems:
@@ -179,40 +191,64 @@ class _BoardCrawl:
         self.skip = set() if options.force else done_keys(ws, CRAWL, statuses=statuses)
         self.seen: set[str] = set()
         # Each download with the posts waiting on it: posts sharing an md5 share one fetch.
+        self.fetcher: Fetcher | None = None
+        self.broken: WorkerDied | None = None
         self.inflight: dict[Future[StoredImage], list[tuple[Post, str]]] = {}
         self.inflight_md5: dict[str, Future[StoredImage]] = {}
+        self.finished: queue.SimpleQueue[Future[StoredImage]] = queue.SimpleQueue()  # filled by pool threads
         self.bar = StageProgress("crawl", options.limit, unit="posts", enabled=progress)
 
     def run(self) -> CrawlReport:
-        options, report = self.options, self.report
+        report = self.report
         scratch = self.ws.temp_dir()
-        pool = ThreadPoolExecutor(options.concurrency, thread_name_prefix="crawl")
+        self.fetcher = self._start_fetcher(scratch)
         failure: CurateError | None = None
-        complete = False
+        complete = cancel = False
         try:
             with self.bar:
                 try:
-                    self._list_and_fetch(pool, scratch)
+                    self._list_and_fetch()
                     complete = True
                 except CurateError as err:
                     failure = err  # listing broke off: keep what was fetched, then report it
                 except KeyboardInterrupt:
-                    report.interrupted = True
-                    pool.shutdown(wait=False, cancel_futures=True)
+                    report.interrupted = cancel = True
+                    self.fetcher.close(cancel=True)
                 self._drain(keep=0)
+                failure = failure or self.broken
+                complete = complete and self.broken is None
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            self.fetcher.close(cancel=cancel)
             self.writer.flush(complete=complete, exhausted=report.exhausted)
             self.http.close()
             shutil.rmtree(scratch, ignore_errors=True)
             report.seconds = self.bar.elapsed
             report.bytes = self.bar.bytes
-            report.retries = self.http.retries
+            report.retries = self.http.retries + self.fetcher.retries
         if failure is not None:
             raise failure
         return report
 
-    def _list_and_fetch(self, pool: ThreadPoolExecutor, scratch: Path) -> None:
+    def _start_fetcher(self, scratch: Path) -> Fetcher:
+        options = self.options
+        settings = FetchSettings(
+            base_url=options.base_url,
+            rate=options.rate,
+            concurrency=options.concurrency,
+            timeout=options.timeout,
+            retry=options.retry,
+            allow_hosts=options.allow_hosts,
+            workspace=self.ws.root,
+            scratch=scratch,
+            limits=options.limits,
+            reuse=not options.force,
+        )
+        processes = options.processes or auto_processes(options.rate, options.limit)
+        if processes > 1:
+            return ProcessFetcher(settings, processes)
+        return ThreadFetcher(settings, self.http)
+
+    def _list_and_fetch(self) -> None:
         options, report = self.options, self.report
         for page in self.client.iter_pages(options.terms, min(options.limit, MAX_PAGE_SIZE)):
             if report.total is None:
@@ -233,13 +269,15 @@ class _BoardCrawl:
                     report.already_done += 1
                     self.bar.advance()
                     continue
-                self._start(post, pool, scratch)
+                self._start(post)
                 self._drain(keep=2 * options.concurrency)
+                if self.broken:
+                    raise self.broken
             if report.listed >= options.limit:
                 return
         report.exhausted = True
 
-    def _start(self, post: Post, pool: ThreadPoolExecutor, scratch: Path) -> None:
+    def _start(self, post: Post) -> None:
         """Settle a post from its listing alone when we can, else queue its download."""
         options = self.options
         url = post.sample_url if options.size == "sample" and post.sample_url else post.file_url
@@ -269,17 +307,10 @@ class _BoardCrawl:
         if expected and expected in self.inflight_md5:
             self.inflight[self.inflight_md5[expected]].append((post, url))
             return None
-        future = pool.submit(
-            download_image,
-            self.http,
-            self.ws,
-            url,
-            scratch,
-            expected_md5=expected,
-            limits=options.limits,
-            reuse=not options.force,
-        )
+        assert self.fetcher is not None
+        future = self.fetcher.submit(url, expected)
         self.inflight[future] = [(post, url)]
+        future.add_done_callback(self.finished.put)
         if expected:
             self.inflight_md5[expected] = future
         return None
@@ -287,15 +318,14 @@ class _BoardCrawl:
     def _drain(self, *, keep: int) -> None:
         """Record finished downloads, waiting while more than `keep` are in flight."""
         while self.inflight:
-            block = len(self.inflight) > keep
-            done, _ = wait(self.inflight, timeout=None if block else 0, return_when=FIRST_COMPLETED)
-            for future in done:
-                waiting = self.inflight.pop(future)
-                self.inflight_md5.pop(waiting[0][0].md5 or "", None)
-                for follower, (post, url) in enumerate(waiting):
-                    self._finish(post, url, future, shared=follower > 0)
-            if not block:
+            try:
+                future = self.finished.get(block=len(self.inflight) > keep)
+            except queue.Empty:
                 return
+            waiting = self.inflight.pop(future)
+            self.inflight_md5.pop(waiting[0][0].md5 or "", None)
+            for follower, (post, url) in enumerate(waiting):
+                self._finish(post, url, future, shared=follower > 0)
 
     def _finish(self, post: Post, url: str, future: Future[StoredImage], *, shared: bool = False) -> None:
         sample = self._sample(post, url)
@@ -307,6 +337,9 @@ class _BoardCrawl:
                 stored = replace(stored, reused=True)
         except (FetchError, ImageCheckError) as err:
             return self._record(sample, Outcome(FAILED, err.code, err.message))
+        except WorkerDied as err:
+            self.broken = err  # no row: the post is fetched again when the crawl resumes
+            return None
         except Exception as err:  # a bug must cost one row, not the crawl
             log.exception("unexpected error fetching %s", url)
             return self._record(sample, Outcome(FAILED, "internal_error", repr(err)))

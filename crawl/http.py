@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import os
 import random
 import threading
 import time
@@ -115,6 +116,11 @@ class HttpClient:
         self.retry = retry or RetryPolicy()
         self.session = requests.Session()
         self.session.headers["User-Agent"] = user_agent
+        # requests re-reads proxy and CA variables on every request, a large share of its CPU per image;
+        # read them once for the board's URL instead.
+        self.session.trust_env = False
+        self.session.proxies.update(requests.utils.get_environ_proxies(base_url))
+        self.session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(pool_size, 4), max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)

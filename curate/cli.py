@@ -77,6 +77,9 @@ def crawl(
         float, typer.Option(min=0, help="Requests per second to the board; 0 = unlimited.")
     ] = 2.0,
     concurrency: Annotated[int, typer.Option(min=1, max=256, help="Parallel downloads.")] = 16,
+    processes: Annotated[
+        int, typer.Option(min=0, max=64, help="Download processes; 0 = one per core if --rate is 0 or fast.")
+    ] = 0,
     size: Annotated[
         Size, typer.Option(help="Original files, or the board's smaller samples.")
     ] = Size.original,
@@ -106,6 +109,7 @@ def crawl(
         base_url=base_url,
         rate=rate,
         concurrency=concurrency,
+        processes=processes,
         size=size.value,
         min_side=min_side,
         ratings=tuple(r.strip() for r in rating.split(",") if r.strip()) if rating else (),

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_ROOT = Path("data")
+# Extensions an original can be stored under; they come from the bytes' signature, never from a server.
+IMAGE_EXTENSIONS = ("jpg", "png", "gif", "webp", "bmp", "tif")
 
 
 @dataclass(frozen=True)
@@ -60,12 +63,13 @@ class Workspace:
         """Content-addressed home of an original: `images/ab/<md5>.<ext>`."""
         return self.images / md5[:2] / f"{md5}.{ext}"
 
-    def find_image(self, md5: str) -> Path | None:
-        """The stored original with this md5, whatever its extension, or None."""
-        folder = self.images / md5[:2]
-        if not folder.is_dir():
-            return None
-        return next(iter(sorted(folder.glob(f"{md5}.*"))), None)
+    def find_image(self, md5: str, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> Path | None:
+        """The stored original with this md5 and one of `extensions`, or None (a few stats, no listing)."""
+        stem = os.path.join(self.images, md5[:2], md5)  # strings, not Paths: this runs once per post
+        for ext in extensions:
+            if os.path.exists(f"{stem}.{ext}"):
+                return self.image_path(md5, ext)
+        return None
 
     def relative(self, path: Path) -> str:
         """A path inside the workspace as stored in manifests (posix, relative to the root)."""
@@ -96,8 +100,11 @@ class Workspace:
 
 def land(tmp: Path, dest: Path) -> Path:
     """Move a finished temporary file to its final name atomically (a kill leaves old or new, never half)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, dest)
+    try:
+        os.replace(tmp, dest)
+    except FileNotFoundError:  # first file of its folder: make it (rarely) rather than stat every time
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dest)
     return dest
 
 
