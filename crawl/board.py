@@ -60,7 +60,7 @@ class CrawlOptions:
     limit: int
     base_url: str = SAFEBOORU_URL
     rate: float = 2.0
-    concurrency: int = 16
+    concurrency: int = 32
     size: str = "original"
     min_side: int = 0
     ratings: tuple[str, ...] = ()

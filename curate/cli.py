@@ -76,7 +76,7 @@ def crawl(
     rate: Annotated[
         float, typer.Option(min=0, help="Requests per second to the board; 0 = unlimited.")
     ] = 2.0,
-    concurrency: Annotated[int, typer.Option(min=1, max=256, help="Parallel downloads.")] = 16,
+    concurrency: Annotated[int, typer.Option(min=1, max=256, help="Parallel downloads.")] = 32,
     processes: Annotated[
         int, typer.Option(min=0, max=64, help="Download processes; 0 = one per core if --rate is 0 or fast.")
     ] = 0,
