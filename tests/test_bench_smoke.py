@@ -1,0 +1,33 @@
+"""The crawl benchmark still runs and prints one JSON line of figures (tiny sizes: figures are not judged)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_crawl_benchmark_prints_one_json_line_of_figures(fixtures):
+    result = subprocess.run(
+        [sys.executable, "tests/bench/crawl.py", "--quick"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1
+    figures = json.loads(lines[0])
+    assert figures["bench"] == "crawl" and figures["failed_rows"] == 0
+    for key in (
+        "sequential_posts_per_s",
+        "curate_posts_per_s_latency",
+        "curate_posts_per_s_no_latency",
+        "speedup_vs_sequential",
+        "rss_growth_mb_25_to_95",
+    ):
+        assert isinstance(figures[key], (int, float)), key
+    assert figures["curate_posts_per_s_no_latency"] > 0
