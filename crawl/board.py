@@ -1,6 +1,7 @@
 """`curate crawl`: list a board's posts for a tag query and fetch their images, one manifest row per post.
 
-The main thread lists pages, resolves tag categories and writes manifest parts; a thread pool downloads.
+The main thread lists pages, resolves tag categories and writes manifest parts; downloads run in threads
+or worker processes (`crawl.fetchers`).
 A post's row is written only after its image has landed, so a kill at any moment loses nothing but work
 in flight, which the next run redoes: parts already written say which posts are done.
 """
@@ -218,7 +219,8 @@ class _BoardCrawl:
                 failure = failure or self.broken
                 complete = complete and self.broken is None
         finally:
-            self.fetcher.close(cancel=cancel)
+            # After a worker died nobody reads results any more: stop the rest instead of draining them.
+            self.fetcher.close(cancel=cancel or self.broken is not None)
             self.writer.flush(complete=complete, exhausted=report.exhausted)
             self.http.close()
             shutil.rmtree(scratch, ignore_errors=True)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,16 +40,9 @@ class Limits:
     max_pixels: int = DEFAULT_MAX_PIXELS
 
 
-# Checks decode images: CPU work. Many download threads may wait on the network at once, but more checks
-# running than there are cores only makes threads fight over the GIL (measured: 16 checks at once ran 30%
-# slower than 4), so every check takes one of these slots.
-CHECK_SLOTS = threading.BoundedSemaphore(os.cpu_count() or 2)
-
-
 def store_file(ws: Workspace, tmp: Path, digest: str, size: int, limits: Limits) -> StoredImage:
     """Check the finished temporary file and move it to `images/ab/<md5>.<ext>` (raises ImageCheckError)."""
-    with CHECK_SLOTS:
-        info = inspect_image(tmp, max_pixels=limits.max_pixels)
+    info = inspect_image(tmp, max_pixels=limits.max_pixels)
     dest = land(tmp, ws.image_path(digest, info.extension))
     return StoredImage(digest, dest, info, size, reused=False)
 
@@ -62,8 +53,7 @@ def reuse_stored(ws: Workspace, md5: str, limits: Limits) -> StoredImage | None:
     if path is None:
         return None
     try:
-        with CHECK_SLOTS:
-            info = inspect_image(path, max_pixels=limits.max_pixels)
+        info = inspect_image(path, max_pixels=limits.max_pixels)
     except ImageCheckError:
         return None  # cannot happen for files we landed; fetch again rather than trust it
     return StoredImage(md5, path, info, path.stat().st_size, reused=True)

@@ -61,3 +61,28 @@ def test_sniff_signatures():
     assert sniff(b"RIFF\x00\x00\x00\x00WEBPVP8 ") == "webp"
     assert sniff(b"GIF89a") == "gif"
     assert sniff(b"<html>") is None
+
+
+def test_png_cut_short_or_with_a_flipped_pixel_byte_fails(fixtures, tmp_path):
+    original = (fixtures / "images" / "faces" / "bizarre___samples_megumin.png").read_bytes()
+    assert inspect_image(fixtures / "images" / "faces" / "bizarre___samples_megumin.png").format == "png"
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(original[: len(original) * 6 // 10])  # as a board holding a half-uploaded file serves it
+    flipped = tmp_path / "flipped.png"
+    data = bytearray(original)
+    middle = original.index(b"IDAT") + 4 + 1000
+    data[middle] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+    for broken in (cut, flipped):
+        with pytest.raises(ImageCheckError) as caught:
+            inspect_image(broken)
+        assert caught.value.code == "decode_error", broken.name
+
+
+def test_jpeg_cut_short_fails(fixtures, tmp_path):
+    original = (fixtures / "images" / "faces" / "pundo__imgs_1.jpg").read_bytes()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(original[: len(original) // 2])
+    with pytest.raises(ImageCheckError) as caught:
+        inspect_image(cut)
+    assert caught.value.code == "decode_error"
