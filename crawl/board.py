@@ -191,12 +191,12 @@ class _BoardCrawl:
         statuses = (OK, SKIPPED) if options.retry_failed else STATUSES
         self.skip = set() if options.force else done_keys(ws, CRAWL, statuses=statuses)
         self.seen: set[str] = set()
-        # Each download with the posts waiting on it: posts sharing an md5 share one fetch.
         self.fetcher: Fetcher | None = None
         self.broken: WorkerDied | None = None
+        # Each download with the posts waiting on it: posts sharing an md5 share one fetch.
         self.inflight: dict[Future[StoredImage], list[tuple[Post, str]]] = {}
         self.inflight_md5: dict[str, Future[StoredImage]] = {}
-        self.finished: queue.SimpleQueue[Future[StoredImage]] = queue.SimpleQueue()  # filled by pool threads
+        self.finished: queue.SimpleQueue[Future[StoredImage]] = queue.SimpleQueue()  # filled by fetchers
         self.bar = StageProgress("crawl", options.limit, unit="posts", enabled=progress)
 
     def run(self) -> CrawlReport:

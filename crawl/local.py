@@ -13,11 +13,12 @@ import json
 import logging
 import shutil
 import uuid
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from crawl.download import CHUNK, Limits, StoredImage, reuse_stored, store_file
 from crawl.gelbooru import RATINGS
@@ -31,6 +32,8 @@ from curate.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+R = TypeVar("R")
 SOURCE = "local"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
 MAX_SIDECAR_BYTES = 1 << 20
@@ -62,6 +65,7 @@ class IngestReport:
     outcomes: Counter[tuple[str, str | None]] = field(default_factory=Counter)
     bytes: int = 0
     seconds: float = 0.0
+    interrupted: bool = False
 
     @property
     def written(self) -> int:
@@ -102,12 +106,12 @@ def ingest_folder(
     writer = PartWriter(ws, CRAWL, {"query": str(root), "min_side": min_side}, rows_per_part=rows_per_part)
     scratch = ws.temp_dir()
     bar = StageProgress("ingest", len(todo), unit="files", enabled=progress)
+    pool = ThreadPoolExecutor(concurrency, thread_name_prefix="ingest")
+    complete = False
     try:
-        with bar, ThreadPoolExecutor(concurrency, thread_name_prefix="ingest") as pool:
-            for path, result in zip(
-                todo, pool.map(lambda p: _ingest_one(ws, p, scratch, limits), todo), strict=True
-            ):
-                stored, outcome = result
+        with bar:
+            results = _in_order(pool, lambda p: _ingest_one(ws, p, scratch, limits), todo, 4 * concurrency)
+            for path, (stored, outcome) in results:
                 sidecar = read_sidecar(path)
                 cache.record(sidecar.categories, "sidecar")
                 if stored and min_side and min(stored.info.width, stored.info.height) < min_side:
@@ -124,12 +128,31 @@ def ingest_folder(
                 writer.add(crawl_row(ws, sample, outcome, stored, cache.group(sidecar.tags)))
                 report.outcomes[(outcome.status, outcome.error)] += 1
                 bar.advance(1, stored.size if stored and not stored.reused else 0)
+        complete = True
+    except KeyboardInterrupt:
+        report.interrupted = True
     finally:
-        writer.flush(complete=True)
+        pool.shutdown(wait=True, cancel_futures=True)
+        writer.flush(complete=complete)
         cache.save()
         shutil.rmtree(scratch, ignore_errors=True)
         report.seconds, report.bytes = bar.elapsed, bar.bytes
     return report
+
+
+def _in_order(
+    pool: ThreadPoolExecutor, work: Callable[[T], R], items: list[T], window: int
+) -> Iterator[tuple[T, R]]:
+    """`(item, work(item))` in order, with at most `window` items submitted: memory stays flat."""
+    pending: deque[tuple[T, Future[R]]] = deque()
+    for item in items:
+        pending.append((item, pool.submit(work, item)))
+        if len(pending) >= window:
+            done, future = pending.popleft()
+            yield done, future.result()
+    while pending:
+        done, future = pending.popleft()
+        yield done, future.result()
 
 
 def _sample_id(path: Path) -> str:

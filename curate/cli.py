@@ -174,6 +174,9 @@ def ingest(
     )
     _print_outcomes(report.outcomes)
     out.print(f"  {report.bytes / 1e6:.1f} MB in {report.seconds:.1f} s")
+    if report.interrupted:
+        err.print("interrupted: what finished is saved; run the same command again to resume")
+        raise typer.Exit(130)
 
 
 @app.command()

@@ -89,3 +89,25 @@ def test_sidecar_prefers_json_and_reads_danbooru_strings(tmp_path):
     sidecar = read_sidecar(image)
     assert sidecar.tags == ["a", "b"] and sidecar.categories == {"b": "character"}
     assert sidecar.rating == "questionable"
+
+
+def test_ingest_keeps_a_bounded_window_of_files_in_flight():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from crawl.local import _in_order
+
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def work(item: int) -> int:
+        with lock:
+            started.append(item)
+        return item * 2
+
+    with ThreadPoolExecutor(2) as pool:
+        results = _in_order(pool, work, list(range(100)), window=4)
+        first = next(results)
+        assert first == (0, 0)
+        assert len(started) <= 4  # nothing beyond the window was submitted
+        assert list(results) == [(i, 2 * i) for i in range(1, 100)]
