@@ -31,6 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qs, quote_plus, urlsplit
+from xml.sax.saxutils import escape as xml_escape
 
 GENERAL, ARTIST, COPYRIGHT, CHARACTER, METADATA = 0, 1, 3, 4, 5
 TYPE_CLASSES = {0: "general", 1: "artist", 2: "deprecated", 3: "copyright", 4: "character", 5: "metadata"}
@@ -751,25 +752,11 @@ def _page(title: str, body: str) -> str:
 
 def _php_escape(text: str) -> str:
     """PHP htmlspecialchars(ENT_QUOTES): how Gelbooru stores tags (`'` becomes &#039;)."""
-    return (
-        text.replace("&", "&amp;")
-        .replace('"', "&quot;")
-        .replace("'", "&#039;")
-        .replace("<", "&lt;")
-        .replace(">", "&gt;")
-    )
+    return html.escape(text, quote=True).replace("&#x27;", "&#039;")
 
 
 def _xml_attr(text: str) -> str:
-    return (
-        text.replace("&", "&amp;")
-        .replace("<", "&lt;")
-        .replace(">", "&gt;")
-        .replace('"', "&quot;")
-        .replace("\n", "&#10;")
-        .replace("\r", "&#13;")
-        .replace("\t", "&#9;")
-    )
+    return xml_escape(text, {'"': "&quot;", "\n": "&#10;", "\r": "&#13;", "\t": "&#9;"})
 
 
 def _xml(text: str) -> _Response:

@@ -60,23 +60,15 @@ def test_404_fails_at_once_without_retrying(booru, ws, victim):
     assert len(attempts_at(booru, victim)) == 1
 
 
-def test_connection_reset_is_retried(booru, ws, victim):
+@pytest.mark.parametrize(("fault", "code"), [("reset", "connection_error"), ("truncate", "truncated")])
+def test_broken_transfers_are_retried_and_never_stored_half(booru, ws, victim, fault, code):
     other = booru.posts[-5]
-    booru.faults.reset(victim.md5, times=1)
-    booru.faults.reset(other.md5, times=None)
+    getattr(booru.faults, fault)(victim.md5, times=1)
+    getattr(booru.faults, fault)(other.md5, times=None)
     crawl(booru, ws, limit=10)
     assert row_of(ws, victim)["status"] == "ok"
     assert len(attempts_at(booru, victim)) == 2
-    assert (row_of(ws, other)["status"], row_of(ws, other)["error"]) == ("failed", "connection_error")
-
-
-def test_truncated_body_is_retried_and_never_stored_half(booru, ws, victim):
-    other = booru.posts[-5]
-    booru.faults.truncate(victim.md5, times=1)
-    booru.faults.truncate(other.md5, times=None)
-    crawl(booru, ws, limit=10)
-    assert row_of(ws, victim)["status"] == "ok"
-    assert (row_of(ws, other)["status"], row_of(ws, other)["error"]) == ("failed", "truncated")
+    assert (row_of(ws, other)["status"], row_of(ws, other)["error"]) == ("failed", code)
     assert not list(ws.images.rglob(f"{other.md5}*"))
     assert not [p for p in ws.tmp.rglob("*") if p.is_file()]
 
