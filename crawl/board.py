@@ -31,7 +31,7 @@ from crawl.http import FetchError, HttpClient, RetryPolicy
 from crawl.images import ImageCheckError
 from crawl.rows import Outcome, SampleInfo, crawl_row
 from crawl.tag_categories import TagCategoryCache, TagCategoryResolver
-from curate.errors import CurateError, InvalidArgument
+from curate.errors import CurateError, InvalidArgument, SourceError
 from curate.manifest import (
     CRAWL,
     FAILED,
@@ -227,6 +227,9 @@ class _BoardCrawl:
             report.seconds = self.bar.elapsed
             report.bytes = self.bar.bytes
             report.retries = self.http.retries + self.fetcher.retries
+        if isinstance(failure, SourceError) and report.written:
+            saved = f"{report.written} posts finished before that are saved; run again to resume"
+            raise SourceError(f"{failure} ({saved})") from failure
         if failure is not None:
             raise failure
         return report

@@ -190,3 +190,36 @@ def test_a_malformed_post_record_gets_a_failed_row_and_the_rest_go_on(booru, ws,
     assert (bad["status"], bad["error"]) == ("failed", "bad_record")
     assert "malformed post record" in bad["message"]
     assert report.outcomes[("ok", None)] == 10
+
+
+def test_files_over_the_size_cap_fail_as_too_large(booru, ws):
+    from crawl.download import Limits
+
+    report = crawl(booru, ws, limit=10, limits=Limits(max_bytes=100_000))
+    rows = read_stage(ws, CRAWL).to_pylist()
+    big = [r for r in rows if r["error"] == "too_large"]
+    assert big and report.outcomes[("failed", "too_large")] == len(big)
+    sizes = {f"127.0.0.1:{p.id}": len(p.data) for p in booru.posts}
+    assert all(sizes[r["post_id"]] > 100_000 for r in big)
+    assert all(sizes[r["post_id"]] <= 100_000 for r in rows if r["status"] == "ok")
+    assert "limit is 100,000" in big[0]["message"]
+
+
+def test_a_listing_that_breaks_midway_keeps_the_first_pages_and_says_so(booru, ws, monkeypatch):
+    from crawl.gelbooru import GelbooruClient
+
+    pages = GelbooruClient.iter_pages
+
+    def one_page_then_garbage(self, terms, page_size, **kwargs):
+        for number, page in enumerate(pages(self, terms, 20, **kwargs)):
+            if number == 1:
+                raise SourceError("127.0.0.1 kept sending unparsable post lists")
+            yield page
+
+    monkeypatch.setattr(GelbooruClient, "iter_pages", one_page_then_garbage)
+    with pytest.raises(SourceError, match=r"20 posts finished before that are saved; run again to resume"):
+        crawl(booru, ws, limit=100)
+    assert read_stage(ws, CRAWL).num_rows == 20
+    monkeypatch.setattr(GelbooruClient, "iter_pages", pages)
+    resumed = crawl(booru, ws, limit=100)
+    assert resumed.already_done == 20 and resumed.written == 80
