@@ -75,6 +75,9 @@ class CrawlOptions:
     limits: Limits = field(default_factory=Limits)
     allow_hosts: tuple[str, ...] = ()
     processes: int = 0  # 0: one per core when the rate allows it (see crawl.fetchers), else 1
+    # For boards that require them; kept out of reprs, logs and manifests.
+    api_key: str | None = field(default=None, repr=False)
+    user_id: str | None = field(default=None, repr=False)
 
     @property
     def terms(self) -> list[str]:
@@ -111,6 +114,8 @@ class CrawlOptions:
             )
         if self.processes < 0:
             problems.append(f"--processes must be 0 (automatic) or more, not {self.processes}")
+        if bool(self.api_key) != bool(self.user_id):
+            problems.append("--api-key and --user-id go together: give both or neither")
         if self.rows_per_part < 1:
             problems.append(f"--part-rows must be at least 1, not {self.rows_per_part}")
         if problems:
@@ -184,7 +189,13 @@ class _BoardCrawl:
             retry=options.retry,
             allow_hosts=options.allow_hosts,
         )
-        self.client = GelbooruClient(self.http, options.base_url, api_format=options.api_format)
+        self.client = GelbooruClient(
+            self.http,
+            options.base_url,
+            api_format=options.api_format,
+            api_key=options.api_key,
+            user_id=options.user_id,
+        )
         self.categories = TagCategoryCache(ws)
         self.resolver = TagCategoryResolver(self.client, self.categories) if options.tag_categories else None
         self.writer = PartWriter(ws, CRAWL, options.params(), rows_per_part=options.rows_per_part)

@@ -100,8 +100,18 @@ class Unparsable(SourceError):
 class GelbooruClient:
     """Reads one Gelbooru-0.2 instance through an HttpClient."""
 
-    def __init__(self, http: HttpClient, base_url: str = SAFEBOORU_URL, *, api_format: str = "xml"):
+    def __init__(
+        self,
+        http: HttpClient,
+        base_url: str = SAFEBOORU_URL,
+        *,
+        api_format: str = "xml",
+        api_key: str | None = None,
+        user_id: str | None = None,
+    ):
         self.http = http
+        # Boards that ask for credentials (Gelbooru itself) take them on every API call; never recorded.
+        self.credentials = {"api_key": api_key, "user_id": user_id} if api_key and user_id else {}
         self.base_url = base_url.rstrip("/")
         self.api_url = f"{self.base_url}/index.php"
         self.api_format = api_format
@@ -117,6 +127,7 @@ class GelbooruClient:
             "tags": " ".join(terms),
             "limit": limit,
             "pid": pid,
+            **self.credentials,
         }
         if self.api_format == "json":
             params["json"] = 1
@@ -262,6 +273,7 @@ class GelbooruClient:
         """Categories from the tag API for up to TAG_BATCH names (names it does not know are left out)."""
         wanted = list(names)
         params = {"page": "dapi", "s": "tag", "q": "index", "names": " ".join(wanted), "limit": len(wanted)}
+        params.update(self.credentials)
         body = self.http.get_text(self.api_url, params)
         try:
             root = ET.fromstring(body)
@@ -276,24 +288,30 @@ class GelbooruClient:
         return found
 
     def post_page_categories(self, post_id: int) -> dict[str, str]:
-        """Categories of a post's tags from the `tag-sidebar` list of its HTML page."""
-        from bs4 import BeautifulSoup  # only needed when the tag API leaves tags unknown
+        """Categories of a post's tags, from the tag list of its HTML page."""
+        return parse_tag_sidebar(
+            self.http.get_text(self.api_url, {"page": "post", "s": "view", "id": post_id})
+        )
 
-        body = self.http.get_text(self.api_url, {"page": "post", "s": "view", "id": post_id})
-        sidebar = BeautifulSoup(body, "html.parser").find("ul", id="tag-sidebar")
-        found: dict[str, str] = {}
-        if sidebar is None:
-            return found
-        for item in sidebar.find_all("li"):
-            kinds = [c[len("tag-type-") :] for c in item.get("class", []) if c.startswith("tag-type-")]
-            if not kinds:
-                continue
-            for link in item.find_all("a", href=True):
-                names = parse_qs(urlsplit(link["href"]).query).get("tags")
-                if names and "s=list" in link["href"]:
-                    found[names[0]] = SIDEBAR_CLASSES.get(kinds[0], "general")
-                    break
-        return found
+
+def parse_tag_sidebar(page: bytes | str) -> dict[str, str]:
+    """`{tag: category}` from a post page's tag list: `<ul id="tag-sidebar">` on Safebooru, `<ul class=
+    "tag-list">` on some other Gelbooru 0.2 boards, each `<li class="tag-type-KIND">` linking `tags=NAME`."""
+    from bs4 import BeautifulSoup  # only needed when the tag API leaves tags unknown
+
+    soup = BeautifulSoup(page, "html.parser")
+    lists = soup.find_all("ul", id=re.compile(r"^tag-")) or soup.find_all("ul", class_=re.compile(r"^tag-"))
+    found: dict[str, str] = {}
+    for item in (li for ul in lists for li in ul.find_all("li")):
+        kinds = [c[len("tag-type-") :] for c in item.get("class", []) if c.startswith("tag-type-")]
+        if not kinds:
+            continue
+        for link in item.find_all("a", href=True):
+            names = parse_qs(urlsplit(link["href"]).query).get("tags")
+            if names and "s=list" in link["href"]:
+                found[names[0]] = SIDEBAR_CLASSES.get(kinds[0], "general")
+                break
+    return found
 
 
 def source_name(base_url: str) -> str:

@@ -92,6 +92,14 @@ def crawl(
     ] = None,
     api: Annotated[ApiFormat, typer.Option(help="Listing format to read.")] = ApiFormat.xml,
     tag_categories: Annotated[bool, typer.Option(help="Look up each tag's category.")] = True,
+    api_key: Annotated[
+        Optional[str],  # noqa: UP045 - typer needs Optional here on Python 3.10
+        typer.Option(envvar="CURATE_API_KEY", help="API key, for boards that require one (with --user-id)."),
+    ] = None,
+    user_id: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(envvar="CURATE_USER_ID", help="User id that goes with --api-key."),
+    ] = None,
     retry_failed: Annotated[bool, typer.Option(help="Try failed posts again.")] = False,
     force: Annotated[bool, typer.Option(help="Redo every post, fetching images again.")] = False,
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for a server to answer.")] = 30.0,
@@ -115,6 +123,8 @@ def crawl(
         ratings=tuple(r.strip() for r in rating.split(",") if r.strip()) if rating else (),
         api_format=api.value,
         tag_categories=tag_categories,
+        api_key=api_key,
+        user_id=user_id,
         force=force,
         retry_failed=retry_failed,
         rows_per_part=part_rows,

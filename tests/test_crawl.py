@@ -164,3 +164,19 @@ def test_a_sort_query_pages_by_offset_and_stops_at_the_depth_limit(booru, caplog
 def test_sample_size_fetches_samples_without_an_md5_check(booru, ws):
     crawl_board(ws.root, options_for(booru, size="sample", limit=5, api_format="json"), progress=False)
     assert all(r["status"] == "ok" for r in rows_by_id(ws).values())
+
+
+def test_credentials_go_with_every_api_call_and_nowhere_else(booru, ws):
+    from curate.manifest import part_files, part_metadata
+
+    options = options_for(booru, limit=5, api_key="k3y", user_id="42")
+    assert "k3y" not in repr(options)
+    crawl_board(ws.root, options, progress=False)
+    api_calls = booru.requests_for("page=dapi")
+    assert api_calls
+    assert all((r.query.get("api_key"), r.query.get("user_id")) == ("k3y", "42") for r in api_calls)
+    assert not any("api_key" in r.raw for r in booru.requests if r.path.startswith("/images/"))
+    for path in part_files(ws, CRAWL):
+        assert "k3y" not in str(part_metadata(path)) and b"k3y" not in path.read_bytes()
+    with pytest.raises(ValueError, match="go together"):
+        crawl_board(ws.root, options_for(booru, limit=5, api_key="k3y"), progress=False)

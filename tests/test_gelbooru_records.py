@@ -76,3 +76,24 @@ def test_too_deep_and_garbage_are_told_apart(client):
 )
 def test_source_names(url, name):
     assert source_name(url) == name
+
+
+SIDEBAR = """<html><body><div id="header"><ul id="navbar"><li class="tag-type-general">x</li></ul></div>
+<ul id="tag-sidebar"><li>Copyright</li>
+<li class="tag-type-copyright tag"><a href="index.php?page=wiki&amp;s=list&amp;search=touhou">?</a>
+ <a href="index.php?page=post&amp;s=list&amp;tags=touhou">touhou</a> <span>12</span></li>
+<li class="tag-type-character tag">
+ <a href="index.php?page=post&amp;s=list&amp;tags=hakurei_reimu">hakurei reimu</a></li>
+<li class="tag-type-metadata tag">
+ <a href="index.php?page=post&amp;s=list&amp;tags=jojo%27s_pose">jojo's pose</a></li>
+</ul></body></html>"""
+
+
+def test_sidebar_in_either_markup_gives_categories():
+    from crawl.gelbooru import parse_tag_sidebar
+
+    expected = {"touhou": "copyright", "hakurei_reimu": "character", "jojo's_pose": "metadata"}
+    assert parse_tag_sidebar(SIDEBAR) == expected
+    other_board = SIDEBAR.replace('<ul id="tag-sidebar">', '<ul class="tag-list">')
+    assert parse_tag_sidebar(other_board) == expected
+    assert parse_tag_sidebar("<html><body>no list here</body></html>") == {}
