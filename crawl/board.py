@@ -339,7 +339,9 @@ class _BoardCrawl:
             except queue.Empty:
                 return
             waiting = self.inflight.pop(future)
-            self.inflight_md5.pop(waiting[0][0].md5 or "", None)
+            key = waiting[0][0].md5
+            if key and self.inflight_md5.get(key) is future:  # a sample's download was never keyed
+                del self.inflight_md5[key]
             for follower, (post, url) in enumerate(waiting):
                 self._finish(post, url, future, shared=follower > 0)
 

@@ -22,14 +22,15 @@ class StageCounts:
 def count_outcomes(ws: Workspace, stage: Stage) -> StageCounts:
     """Count a stage's newest rows by status and error code (tag categories count by category)."""
     group = STATUS if STATUS in stage.columns else "category"
-    table = read_stage(ws, stage, columns=[c for c in (group, ERROR) if c in stage.columns])
+    keys = [c for c in (group, ERROR) if c in stage.columns]
+    table = read_stage(ws, stage, columns=keys)
     counts = StageCounts(stage.name, rows=table.num_rows)
-    groups = table[group].to_pylist()
-    errors = table[ERROR].to_pylist() if ERROR in table.column_names else [None] * len(groups)
-    for value, error in zip(groups, errors, strict=True):
-        counts.by_status[value] += 1
+    # Grouped in Arrow: a manifest of millions of rows is never turned into Python objects.
+    for row in table.group_by(keys, use_threads=False).aggregate([([], "count_all")]).to_pylist():
+        value, error, n = row[group], row.get(ERROR), row["count_all"]
+        counts.by_status[value] += n
         if error:
-            counts.by_error.setdefault(value, Counter())[error] += 1
+            counts.by_error.setdefault(value, Counter())[error] += n
     return counts
 
 

@@ -100,3 +100,22 @@ def test_a_row_that_breaks_the_schema_is_refused_before_anything_is_written(ws):
         write_part(ws, CRAWL, [{"post_id": "b:1", "status": OK, "width": "wide", "fetched_at": now_utc()}])
     assert part_files(ws, CRAWL) == []
     assert not list(ws.manifest_dir("crawl").glob(".*"))
+
+
+def test_status_counts_rows_by_status_and_error(ws):
+    from curate.status import count_outcomes, format_counts
+
+    rows = [
+        crawl_row(1),
+        crawl_row(2),
+        crawl_row(3, FAILED, "http_404"),
+        crawl_row(4, FAILED, "http_404"),
+        crawl_row(5, FAILED, "decode_error"),
+        crawl_row(6, SKIPPED, "rating"),
+    ]
+    write_part(ws, CRAWL, rows)
+    counts = count_outcomes(ws, CRAWL)
+    assert counts.rows == 6
+    assert counts.by_status == {"ok": 2, "failed": 3, "skipped": 1}
+    assert counts.by_error["failed"] == {"http_404": 2, "decode_error": 1}
+    assert format_counts(counts)[1].split() == ["skipped", "1", "(rating", "1)"]
