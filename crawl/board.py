@@ -28,10 +28,10 @@ from crawl.fetchers import (
 )
 from crawl.gelbooru import MAX_PAGE_SIZE, SAFEBOORU_URL, GelbooruClient, Post
 from crawl.http import FetchError, HttpClient, RetryPolicy
-from crawl.images import ImageCheckError
 from crawl.rows import Outcome, SampleInfo, crawl_row
 from crawl.tag_categories import TagCategoryCache, TagCategoryResolver
 from curate.errors import CurateError, InvalidArgument, SourceError
+from curate.images import ImageCheckError
 from curate.manifest import (
     CRAWL,
     FAILED,

@@ -10,7 +10,7 @@ from pathlib import Path
 import requests
 
 from crawl.http import FetchError, HttpClient
-from crawl.images import (
+from curate.images import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
     ImageCheckError,

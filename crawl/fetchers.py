@@ -29,8 +29,8 @@ from typing import Any, Protocol
 
 from crawl.download import Limits, StoredImage, download_image
 from crawl.http import FetchError, HttpClient, RetryPolicy
-from crawl.images import ImageCheckError
 from curate.errors import CurateError
+from curate.images import ImageCheckError
 from curate.workspace import Workspace
 
 log = logging.getLogger(__name__)

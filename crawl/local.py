@@ -22,10 +22,10 @@ from typing import Any, TypeVar
 
 from crawl.download import CHUNK, Limits, StoredImage, reuse_stored, store_file
 from crawl.gelbooru import RATINGS
-from crawl.images import ImageCheckError
 from crawl.rows import Outcome, SampleInfo, crawl_row
 from crawl.tag_categories import TagCategoryCache
 from curate.errors import InvalidArgument
+from curate.images import ImageCheckError
 from curate.manifest import CRAWL, FAILED, OK, SKIPPED, STATUSES, PartWriter, done_keys
 from curate.progress import StageProgress
 from curate.workspace import Workspace

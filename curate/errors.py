@@ -11,3 +11,7 @@ class InvalidArgument(CurateError, ValueError):
 
 class SourceError(CurateError):
     """The image board answered in a way the crawl cannot go on from."""
+
+
+class ModelError(CurateError):
+    """A model file is missing, fails its checksum, or is not in a format curate can load."""

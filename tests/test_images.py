@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from crawl.images import ImageCheckError, inspect_image, sniff
+from curate.images import ImageCheckError, inspect_image, sniff
 from tests.conftest import CORRUPT
 
 

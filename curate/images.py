@@ -1,4 +1,7 @@
-"""Is this really an image? Signature sniffing and a decode check with a decompression-bomb guard."""
+"""Is this really an image? Signature sniffing and a decode check with a decompression-bomb guard.
+
+Shared by every stage that opens originals (crawl and ingest check them, crop decodes them).
+"""
 
 from __future__ import annotations
 
