@@ -22,7 +22,7 @@ class Detector(Protocol):
     def detect(
         self, images: Sequence[np.ndarray], min_faces: Sequence[float] | None = None
     ) -> list[list[Box]]:
-        """Faces in each H×W×3 uint8 RGB image; `min_faces[i]` (pixels of image i) lets it skip smaller ones."""
+        """Faces in each H×W×3 uint8 RGB image; `min_faces[i]` (pixels of image i) may skip smaller."""
         ...
 
     def params(self) -> dict[str, Any]:
