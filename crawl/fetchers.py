@@ -9,20 +9,13 @@ core, each with its share of the threads and of the rate limit.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import itertools
 import logging
-import multiprocessing
 import os
 import queue
 import signal
-import sys
 import threading
-import time
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,6 +24,7 @@ from crawl.download import Limits, StoredImage, download_image
 from crawl.http import FetchError, HttpClient, RetryPolicy
 from curate.errors import CurateError
 from curate.images import ImageCheckError
+from curate.processes import exit_with, limit_malloc_arenas, without_main_module, worker_context
 from curate.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -71,23 +65,6 @@ class WorkerDied(CurateError):
 
     def __init__(self, message: str):
         super().__init__(f"{message}; run the same command again to resume, or use --processes 1")
-
-
-@contextmanager
-def _without_main_module() -> Iterator[None]:
-    """Start workers without importing the caller's `__main__`: their code lives in this package, and a
-    script with no `__main__` guard (or read from stdin) would otherwise run again, or fail, in each."""
-    main = sys.modules.get("__main__")
-    saved = {name: getattr(main, name) for name in ("__file__", "__spec__") if hasattr(main, name)}
-    try:
-        if "__spec__" in saved:
-            main.__spec__ = None  # type: ignore[union-attr]
-        if "__file__" in saved:
-            del main.__file__  # type: ignore[union-attr]
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(main, name, value)
 
 
 class Fetcher(Protocol):
@@ -132,8 +109,7 @@ class ProcessFetcher:
     """Downloads in worker processes, each with its own threads; results come back through a queue."""
 
     def __init__(self, settings: FetchSettings, processes: int):
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        context = worker_context()
         threads = max(1, -(-settings.concurrency // processes))
         rate = settings.rate / processes  # equal shares keep the total at the limit without shared state
         self.tasks: Any = context.Queue()
@@ -147,7 +123,7 @@ class ProcessFetcher:
             )
             for index in range(processes)
         ]
-        with _without_main_module():
+        with without_main_module():
             for worker in self.workers:
                 worker.start()
         self._broken: WorkerDied | None = None
@@ -242,8 +218,8 @@ def _serve(
 ) -> None:
     """A worker process: fetch what the queue hands out with `threads` threads until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the crawl decides
-    _limit_malloc_arenas()
-    threading.Thread(target=_exit_with, args=(crawl_pid,), daemon=True).start()
+    limit_malloc_arenas()
+    exit_with(crawl_pid)
     http = settings.client(rate=rate, pool_size=threads)
     ws = Workspace(settings.workspace)
     free = threading.BoundedSemaphore(threads)  # take a task only when a thread can start on it
@@ -270,26 +246,3 @@ def _serve(
             if task is None:
                 break
             pool.submit(fetch, *task)
-
-
-def _limit_malloc_arenas(arenas: int = 2) -> None:
-    """Keep a worker's memory flat: glibc gives each busy thread a heap that keeps its peak, so RSS climbs
-    for thousands of posts (measured: 40 to 95 MB a worker) before it levels off. Two heaps hold it near
-    45 MB at the same speed. Elsewhere than glibc there is nothing to tune."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # -8 is M_ARENA_MAX
-
-
-def _exit_with(crawl_pid: int) -> None:
-    """Die with the crawl: a SIGKILLed crawl would otherwise leave workers landing files behind its back.
-
-    The crawl's pid is polled because a worker's parent is the fork server, not the crawl itself.
-    """
-    while True:
-        try:
-            os.kill(crawl_pid, 0)
-        except ProcessLookupError:
-            os._exit(1)
-        except PermissionError:
-            pass  # alive, under another user (the pid was reused): keep going
-        time.sleep(0.2)

@@ -189,6 +189,103 @@ def ingest(
         raise typer.Exit(130)
 
 
+class DetectorKind(str, Enum):
+    cascade = "cascade"
+    frcnn = "frcnn"
+
+
+Shard = Annotated[
+    Optional[str],  # noqa: UP045 - typer needs Optional here on Python 3.10
+    typer.Option(help="Do only part K of N (0-based), e.g. 0/4, for N parallel runs."),
+]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+
+
+@app.command()
+def crop(
+    workspace: Workspace = DEFAULT_ROOT / "default",
+    detector: Annotated[DetectorKind, typer.Option(help="Face detector.")] = DetectorKind.cascade,
+    model: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--model",
+            "--cascade",
+            help="Detector file (cascade XML or Faster R-CNN checkpoint); default: the pinned download.",
+        ),
+    ] = None,
+    size: Annotated[int, typer.Option(min=8, help="Crop side in pixels.")] = 256,
+    margin: Annotated[float, typer.Option(help="Face sides added on each side of the face box.")] = 0.5,
+    lift: Annotated[float, typer.Option(help="Move the crop up by this many face sides (hair).")] = 0.1,
+    min_face: Annotated[
+        float, typer.Option(help="Faces with a shorter side (original pixels) get too_small rows.")
+    ] = 64.0,
+    pad: Annotated[
+        str, typer.Option(help="Past the image edge: replicate, reflect, white, black, #rrggbb or r,g,b.")
+    ] = "replicate",
+    scale_factor: Annotated[float, typer.Option(help="Cascade: pyramid step.")] = 1.1,
+    min_neighbors: Annotated[int, typer.Option(min=0, help="Cascade: overlapping hits a face needs.")] = 5,
+    min_size: Annotated[int, typer.Option(min=1, help="Cascade: smallest window searched, pixels.")] = 24,
+    equalize: Annotated[bool, typer.Option(help="Cascade: equalise the grey histogram first.")] = True,
+    min_score: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(help="Cascade: drop boxes whose level weight is below this."),
+    ] = None,
+    score_threshold: Annotated[
+        float, typer.Option(help="Faster R-CNN: keep boxes scoring at least this.")
+    ] = 0.5,
+    nms: Annotated[float, typer.Option(help="Faster R-CNN: IoU above which overlapping boxes merge.")] = 0.5,
+    device: Device = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Faster R-CNN: images per forward pass.")] = 4,
+    workers: Annotated[int, typer.Option(min=0, help="Cascade: worker processes; 0 = one per CPU.")] = 0,
+    shard: Shard = None,
+    retry_failed: Annotated[bool, typer.Option(help="Try images that failed to decode again.")] = False,
+    force: Annotated[bool, typer.Option(help="Redo every image.")] = False,
+    part_rows: Annotated[int, typer.Option(min=1, help="Rows per manifest part.")] = 1000,
+    quiet: Quiet = False,
+) -> None:
+    """Find anime faces in the stored originals and crop them square with margin."""
+    from curate.shard import Shard as ShardSpec
+    from detect.cascade import CascadeSettings
+    from detect.crop import CropOptions, DetectorSpec, crop_images
+    from detect.geometry import CropSettings
+
+    spec = DetectorSpec(
+        kind=detector.value,
+        model=model,
+        cascade=CascadeSettings(scale_factor, min_neighbors, min_size, equalize, min_score),
+        score_threshold=score_threshold,
+        nms_threshold=nms,
+        device=device,
+        batch_size=batch_size,
+    )
+    options = CropOptions(
+        detector=spec,
+        crop=CropSettings(size=size, margin=margin, lift=lift, min_face=min_face, pad=pad),
+        workers=workers,
+        shard=ShardSpec.parse(shard),
+        force=force,
+        retry_failed=retry_failed,
+        progress=not quiet,
+        rows_per_part=part_rows,
+    )
+    report = crop_images(workspace, options)
+    if not report.images and not report.interrupted:
+        out.print(
+            f"all {report.already_done:,} images in {workspace} are already cropped: nothing to do.\n"
+            "--retry-failed tries failed images again; --force redoes them all."
+        )
+        return
+    out.print(
+        f"[bold]crop[/bold] ({detector.value}): {report.images:,} images, {report.faces:,} faces cropped, "
+        f"{report.already_done:,} images already done"
+    )
+    _print_outcomes(report.outcomes)
+    out.print(f"  {report.seconds:.1f} s ({report.images / max(report.seconds, 1e-9):.1f} images/s)")
+    if report.interrupted:
+        err.print("interrupted: what finished is saved; run the same command again to resume")
+        raise typer.Exit(130)
+
+
 @app.command()
 def status(workspace: Workspace = DEFAULT_ROOT / "default") -> None:
     """Rows per stage by status and error code."""

@@ -44,6 +44,9 @@ class Stage:
     name: str
     schema: pa.Schema
     key: str
+    # Rows sharing this column's value are replaced together: the newest part holding a value wins all
+    # of its rows (an image re-cropped with --force may yield fewer faces than before).
+    group: str | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -102,7 +105,42 @@ TAG_CATEGORIES = Stage(
     ),
 )
 
-STAGES: dict[str, Stage] = {stage.name: stage for stage in (CRAWL, TAG_CATEGORIES)}
+CROP = Stage(
+    name="crop",
+    key="face_id",
+    group="image_id",
+    schema=pa.schema(
+        [
+            # "<image_id>-<k>" for a face; the bare image_id for an image's no_face or failed row.
+            pa.field("face_id", pa.string(), nullable=False),
+            pa.field("image_id", pa.string(), nullable=False),
+            *_outcome_fields(),
+            pa.field("face_index", pa.int32()),  # k, in descending detector score
+            pa.field("detector", pa.string()),  # cascade | frcnn
+            pa.field("score", pa.float32()),  # the cascade's level weight, or the R-CNN's probability
+            pa.field("face_x0", pa.float32()),  # face box in original pixels (orientation applied)
+            pa.field("face_y0", pa.float32()),
+            pa.field("face_x1", pa.float32()),
+            pa.field("face_y1", pa.float32()),
+            pa.field("crop_x0", pa.int32()),  # square crop box; may reach past the image (padded)
+            pa.field("crop_y0", pa.int32()),
+            pa.field("crop_x1", pa.int32()),
+            pa.field("crop_y1", pa.int32()),
+            pa.field("padded", pa.bool_()),
+            pa.field("path", pa.string()),  # crops/ab/<face_id>.png, relative to the workspace
+            pa.field("size", pa.int32()),  # crop side in pixels
+            pa.field("source_path", pa.string()),  # the original, relative to the workspace
+            pa.field("image_width", pa.int32()),
+            pa.field("image_height", pa.int32()),
+            pa.field("frames", pa.int32()),
+            pa.field("mode", pa.string()),  # the original's pixel mode: RGB, RGBA, P, L, CMYK, I;16 ...
+            pa.field("is_monochrome", pa.bool_()),  # greyscale, sketches, screentone
+            pa.field("cropped_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+        ]
+    ),
+)
+
+STAGES: dict[str, Stage] = {stage.name: stage for stage in (CRAWL, TAG_CATEGORIES, CROP)}
 
 
 def now_utc() -> datetime:
@@ -166,16 +204,36 @@ def part_metadata(path: Path) -> dict[str, Any]:
 
 def read_stage(ws: Workspace, stage: Stage, columns: Iterable[str] | None = None) -> pa.Table:
     """Every id's newest row of the stage (empty table of the stage's schema when nothing is written)."""
-    wanted = list(columns) if columns is not None else stage.columns
-    if stage.key not in wanted:
-        wanted = [stage.key, *wanted]
+    asked = list(columns) if columns is not None else stage.columns
+    wanted = [name for name in (stage.key, stage.group) if name and name not in asked] + asked
     files = part_files(ws, stage)
     if not files:
-        return stage.schema.empty_table().select(wanted)
+        return stage.schema.empty_table().select(_key_first(stage, asked))
     schema = pa.schema([stage.schema.field(name) for name in wanted])
     tables = [pq.read_table(f, columns=wanted, schema=schema) for f in files]
+    if stage.group:
+        tables = _newest_part_per_group(tables, stage.group)
     table = pa.concat_tables(tables).replace_schema_metadata(None)
-    return _latest_per_key(table, stage.key)
+    return _latest_per_key(table, stage.key).select(_key_first(stage, asked))
+
+
+def _key_first(stage: Stage, asked: list[str]) -> list[str]:
+    return asked if stage.key in asked else [stage.key, *asked]
+
+
+def _newest_part_per_group(tables: list[pa.Table], group: str) -> list[pa.Table]:
+    """Drop each group's rows from every part but the newest one holding that group."""
+    newest: dict[str, int] = {}
+    for index, table in enumerate(tables):
+        for value in pc.unique(table[group]).to_pylist():
+            newest[value] = index
+    owned: list[list[str]] = [[] for _ in tables]
+    for value, index in newest.items():
+        owned[index].append(value)
+    return [
+        table.filter(pc.is_in(table[group], value_set=pa.array(mine, pa.string())))
+        for table, mine in zip(tables, owned, strict=True)
+    ]
 
 
 def done_keys(ws: Workspace, stage: Stage, *, statuses: Iterable[str] = STATUSES) -> set[str]:
@@ -226,7 +284,11 @@ class PartWriter:
         self._last = time.monotonic()
 
     def add(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
+        self.extend((row,))
+
+    def extend(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Add rows that must land in the same part (e.g. every face of one image)."""
+        self.rows.extend(rows)
         if len(self.rows) >= self.rows_per_part or time.monotonic() - self._last >= self.seconds:
             self.flush()
 

@@ -55,5 +55,7 @@ class StageProgress:
     def _refresh(self) -> None:
         assert self._progress is not None and self._task is not None
         seconds = max(self.elapsed, 1e-6)
-        rates = f"{self.items / seconds:.1f} {self.unit}/s  {self.bytes / seconds / 1e6:.1f} MB/s"
+        rates = f"{self.items / seconds:.1f} {self.unit}/s"
+        if self.bytes:
+            rates += f"  {self.bytes / seconds / 1e6:.1f} MB/s"
         self._progress.update(self._task, completed=self.items, rates=rates)

@@ -136,7 +136,10 @@ def _download(artifact: Artifact, target: Path, timeout: float) -> Path:
             )
         os.replace(tmp, target)
     except requests.RequestException as exc:
-        raise ModelError(f"downloading {artifact.name} from {artifact.url} failed: {exc}") from exc
+        raise ModelError(
+            f"downloading {artifact.name} from {artifact.url} failed ({type(exc).__name__}); "
+            f"put the file at {target} or pass its path"
+        ) from exc
     finally:
         tmp.unlink(missing_ok=True)
     return target
