@@ -286,6 +286,65 @@ def crop(
         raise typer.Exit(130)
 
 
+@app.command("detect-eval")
+def detect_eval(
+    annotations: Annotated[Path, typer.Option(help="COCO-format ground truth (boxes of faces).")],
+    detector: Annotated[DetectorKind, typer.Option(help="Face detector to evaluate.")] = DetectorKind.cascade,
+    model: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--model", "--cascade", help="Detector file; default: the pinned download."),
+    ] = None,
+    images: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Folder the COCO file names are relative to; default: the file's folder."),
+    ] = None,
+    category: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Evaluate only this COCO category's boxes; default: every box."),
+    ] = None,
+    min_face: Annotated[
+        float, typer.Option(min=0, help="Faces smaller than this (pixels) are neither hits nor misses.")
+    ] = 0.0,
+    iou: Annotated[float, typer.Option(help="IoU a detection needs to count as a hit.")] = 0.5,
+    score_threshold: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(help="Score cut for precision and recall; default: what `curate crop` keeps."),
+    ] = None,
+    device: Device = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per detector call.")] = 4,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as one JSON object.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Precision, recall and AP@0.5 of a detector against COCO-format face boxes."""
+    import json
+
+    from detect.crop import DetectorSpec
+    from detect.evaluate import evaluate_detector, format_report
+
+    # The detector keeps low-scoring boxes so AP sees the whole precision-recall curve; precision and
+    # recall are read at the crop stage's operating point unless --score-threshold says otherwise.
+    spec = DetectorSpec(
+        kind=detector.value, model=model, device=device, batch_size=batch_size, score_threshold=0.05
+    ).resolved()
+    if score_threshold is None and detector is DetectorKind.frcnn:
+        score_threshold = DetectorSpec().score_threshold
+    report = evaluate_detector(
+        annotations,
+        spec.build(),
+        images_root=images,
+        category=category,
+        min_face=min_face,
+        batch_size=batch_size,
+        iou_threshold=iou,
+        score_threshold=score_threshold,
+        progress=not quiet,
+    )
+    if as_json:
+        out.print(json.dumps({"detector": detector.value, **report.as_dict()}), highlight=False)
+    else:
+        out.print(format_report(report, detector.value), highlight=False)
+
+
 @app.command()
 def status(workspace: Workspace = DEFAULT_ROOT / "default") -> None:
     """Rows per stage by status and error code."""

@@ -8,6 +8,7 @@ import pytest
 from curate import __version__
 from curate.manifest import (
     CRAWL,
+    CROP,
     FAILED,
     OK,
     SKIPPED,
@@ -72,6 +73,18 @@ def test_newest_row_of_an_id_wins_across_parts(ws):
     got = dict(zip(table["tag"].to_pylist(), table["category"].to_pylist(), strict=True))
     assert got == {"x": "character", "y": "artist", "z": "copyright"}
     assert table.num_rows == 3
+
+
+def test_newest_part_of_a_group_replaces_all_its_rows(ws):
+    def face(image: str, k: int | None, status: str = OK) -> dict:
+        face_id = image if k is None else f"{image}-{k}"
+        return {"face_id": face_id, "image_id": image, "status": status, "cropped_at": now_utc()}
+
+    write_part(ws, CROP, [face("a", 0), face("a", 1), face("a", 2), face("b", 0)])
+    write_part(ws, CROP, [face("a", 0), face("c", None, SKIPPED)])  # a re-cropped: one face now
+    table = read_stage(ws, CROP, columns=["status"])
+    assert sorted(table["face_id"].to_pylist()) == ["a-0", "b-0", "c"]  # a-1 and a-2 are gone
+    assert table.column_names == ["face_id", "status"]
 
 
 def test_done_keys_filter_by_status_for_retrying_failures(ws):
