@@ -217,7 +217,25 @@ def test_shards_split_the_images(fixtures, face_images, tmp_path):
     counts = [crop_images(ws.root, options(fixtures, shard=Shard(k, 3))).images for k in range(3)]
     assert sum(counts) == 12 and all(counts)
     assert len({r["image_id"] for r in read_stage(ws, CROP).to_pylist()}) == 12
-    assert "torch" not in sys.modules  # the cascade path never needs torch
+
+
+def test_the_cascade_path_never_imports_torch(fixtures, face_images, tmp_path):
+    # in a fresh interpreter: this one has imported torch for the Faster R-CNN tests
+    ws = tmp_path / "ws"
+    folder = tmp_path / "one"
+    folder.mkdir()
+    shutil.copy(face_images[0], folder / face_images[0].name)
+    ingest_folder(folder, ws, progress=False)
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from detect.crop import CropOptions, DetectorSpec, crop_images\n"
+        f"spec = DetectorSpec(model=Path({str(fixtures / 'models' / 'lbpcascade_animeface.xml')!r}))\n"
+        f"report = crop_images({str(ws)!r}, CropOptions(detector=spec, progress=False))\n"
+        "print(report.images, 'torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+    assert result.stdout.split() == ["1", "False"], result.stderr[-2000:]
 
 
 def test_bad_settings_and_missing_manifest(fixtures, tmp_path):
