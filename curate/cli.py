@@ -286,6 +286,94 @@ def crop(
         raise typer.Exit(130)
 
 
+@app.command("detect-train")
+def detect_train(
+    workspace: Workspace = DEFAULT_ROOT / "default",
+    annotations: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="COCO-format face boxes; default: the cascade's confident boxes (pseudo-labels)."),
+    ] = None,
+    images: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Folder the COCO file names are relative to; default: the file's folder."),
+    ] = None,
+    category: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Train on only this COCO category's boxes; default: every box."),
+    ] = None,
+    min_score: Annotated[
+        float, typer.Option(help="Pseudo-labels: use images whose cascade boxes all score at least this.")
+    ] = 2.0,
+    init: Annotated[
+        str, typer.Option(help="Start from: pretrained (hysts' model), scratch, or a checkpoint file.")
+    ] = "pretrained",
+    out_dir: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--out", help="Checkpoint folder; default: WORKSPACE/models/frcnn."),
+    ] = None,
+    steps: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(min=1, help="Steps in all (a larger number goes on); default: 12 epochs."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per step.")] = 2,
+    lr: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(min=0, help="Peak learning rate; default 0.02 × batch size / 16."),
+    ] = None,
+    val_fraction: Annotated[
+        float, typer.Option(help="Images held out for AP@0.5 at each checkpoint (with ≥ 10 images).")
+    ] = 0.1,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="Steps between checkpoints.")] = 500,
+    min_size: Annotated[int, typer.Option(min=32, help="Model input: shorter side, pixels.")] = 800,
+    max_size: Annotated[int, typer.Option(min=32, help="Model input: longer side at most, pixels.")] = 1333,
+    device: Device = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of the batch order, flips and initialisation.")] = 0,
+    force: Annotated[bool, typer.Option(help="Start again instead of resuming last.pt.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Fine-tune the Faster R-CNN face detector on COCO boxes or the cascade's pseudo-labels."""
+    from detect.finetune import DetectTrainOptions
+    from detect.finetune import detect_train as run_detect_train
+
+    options = DetectTrainOptions(
+        annotations=annotations,
+        images_root=images,
+        category=category,
+        min_score=min_score,
+        out=out_dir,
+        init=init,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        device=device,
+        val_fraction=val_fraction,
+        checkpoint_every=checkpoint_every,
+        min_size=min_size,
+        max_size=max_size,
+        seed=seed,
+        force=force,
+        progress=not quiet,
+    )
+    report = run_detect_train(workspace, options)
+    if report.up_to_date:
+        out.print(
+            f"{report.last} is already trained for {report.steps:,} steps: nothing to do.\n"
+            "A larger --steps goes on; --force starts again."
+        )
+        return
+    skipped = f", {report.skipped_images:,} left out under --min-score" if report.skipped_images else ""
+    out.print(
+        f"[bold]detect-train[/bold] on {report.labels}: {report.train_images:,} images with "
+        f"{report.boxes:,} faces, {report.val_images:,} held out{skipped}"
+    )
+    loss = f", recent loss {report.recent_loss:.4f}" if report.recent_loss is not None else ""
+    out.print(f"  steps {report.resumed_from:,} → {report.steps:,}{loss}")
+    if report.validation:
+        out.print(f"  held-out AP@0.5 by step: {', '.join(f'{s}: {ap:.3f}' for s, ap in report.validation)}")
+    model = report.best or report.last
+    out.print(f"  checkpoint {model}\n  use it: curate crop --detector frcnn --model {model}")
+
+
 @app.command("detect-eval")
 def detect_eval(
     annotations: Annotated[Path, typer.Option(help="COCO-format ground truth (boxes of faces).")],

@@ -47,8 +47,8 @@ class DetectorSpec:
     cascade: CascadeSettings = field(default_factory=CascadeSettings)
     score_threshold: float = 0.5  # Faster R-CNN only: the cascade's boxes all passed every stage
     nms_threshold: float = 0.5
-    min_size: int = 800  # Faster R-CNN input: shorter side, as the model was trained
-    max_size: int = 1333
+    min_size: int | None = None  # Faster R-CNN input, shorter/longer side; None: as the model was trained
+    max_size: int | None = None
     device: str = "auto"
     batch_size: int = 4
 

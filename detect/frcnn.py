@@ -342,9 +342,10 @@ class FasterRCNNDetector:
         batch_size: int = 4,
         score_threshold: float = 0.5,
         nms_threshold: float = 0.5,
-        min_size: int = 800,
-        max_size: int = 1333,
+        min_size: int | None = None,
+        max_size: int | None = None,
     ):
+        """`min_size`/`max_size` (the model's input scale) default to what the checkpoint was trained at."""
         if batch_size < 1 or not 0 <= score_threshold <= 1 or not 0 < nms_threshold <= 1:
             raise InvalidArgument(
                 "batch_size must be ≥ 1, score_threshold in [0, 1], nms_threshold in (0, 1]"
@@ -353,16 +354,13 @@ class FasterRCNNDetector:
         self.batch_size = batch_size
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
-        self.min_size = min_size
-        self.max_size = max_size
+        sizes = {k: v for k, v in (("min_size", min_size), ("max_size", max_size)) if v is not None}
         # The model's own score filter equals ours: greedy NMS never lets a lower score suppress a higher.
         self.model, self.info = load_model(
-            model_path,
-            min_size=min_size,
-            max_size=max_size,
-            score_thresh=score_threshold,
-            nms_thresh=nms_threshold,
+            model_path, score_thresh=score_threshold, nms_thresh=nms_threshold, **sizes
         )
+        self.min_size: int = self.info["config"]["min_size"]
+        self.max_size: int = self.info["config"]["max_size"]
         self.model_file = Path(self.info["path"])
         # resolve() has just verified the registry copy's hash; any other file is hashed when asked
         self._sha256 = registry.ANIME_FACE_FRCNN.sha256 if model_path is None else None
