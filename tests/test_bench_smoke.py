@@ -1,4 +1,4 @@
-"""The crawl benchmark still runs and prints one JSON line of figures (tiny sizes: figures are not judged)."""
+"""The benchmarks still run and print one JSON line of figures (tiny sizes: speeds are not judged)."""
 
 from __future__ import annotations
 
@@ -31,3 +31,21 @@ def test_crawl_benchmark_prints_one_json_line_of_figures(fixtures):
     ):
         assert isinstance(figures[key], (int, float)), key
     assert figures["curate_posts_per_s_no_latency"] > 0
+
+
+def test_crop_benchmark_prints_one_json_line_of_figures(fixtures):
+    result = subprocess.run(
+        [sys.executable, "tests/bench/crop.py", "--quick"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1
+    figures = json.loads(lines[0])
+    assert figures["bench"] == "crop" and figures["images"] == 60
+    assert figures["readme_images_per_s"] > 0 and figures["curate_images_per_s"] > 0
+    # the boxes must agree whatever the machine's speed
+    assert figures["faces_checked"] > 0 and figures["faces_matched"] == figures["faces_checked"]
