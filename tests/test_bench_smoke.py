@@ -9,9 +9,10 @@ import sys
 from tests.conftest import REPO
 
 
-def test_crawl_benchmark_prints_one_json_line_of_figures(fixtures):
+def run_quick(script: str) -> dict:
+    """Run `tests/bench/<script> --quick` and return its one JSON line."""
     result = subprocess.run(
-        [sys.executable, "tests/bench/crawl.py", "--quick"],
+        [sys.executable, f"tests/bench/{script}", "--quick"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -20,7 +21,11 @@ def test_crawl_benchmark_prints_one_json_line_of_figures(fixtures):
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1
-    figures = json.loads(lines[0])
+    return json.loads(lines[0])
+
+
+def test_crawl_benchmark_prints_one_json_line_of_figures(fixtures):
+    figures = run_quick("crawl.py")
     assert figures["bench"] == "crawl" and figures["failed_rows"] == 0
     for key in (
         "sequential_posts_per_s",
@@ -34,17 +39,7 @@ def test_crawl_benchmark_prints_one_json_line_of_figures(fixtures):
 
 
 def test_crop_benchmark_prints_one_json_line_of_figures(fixtures):
-    result = subprocess.run(
-        [sys.executable, "tests/bench/crop.py", "--quick"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    lines = result.stdout.strip().splitlines()
-    assert len(lines) == 1
-    figures = json.loads(lines[0])
+    figures = run_quick("crop.py")
     assert figures["bench"] == "crop" and figures["images"] == 60
     assert figures["readme_images_per_s"] > 0 and figures["curate_images_per_s"] > 0
     # the boxes must agree whatever the machine's speed
