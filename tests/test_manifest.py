@@ -65,6 +65,21 @@ def test_hidden_temporary_parts_are_ignored(ws):
     assert not next(iter(folder.glob(".*"))).name.endswith(".parquet")
 
 
+def test_pandas_reads_a_manifest_folder_as_the_readme_says(ws):
+    import pandas as pd
+
+    write_part(ws, TAG_CATEGORIES, [tag_row("x", "general"), tag_row("y", "artist")])
+    write_part(ws, TAG_CATEGORIES, [tag_row("x", "character")])
+    (ws.manifest_dir("tag_categories") / ".part-999.parquet.tmp").write_bytes(b"half a file")
+    frame = pd.read_parquet(ws.manifest_dir("tag_categories"))
+    # every part's rows, the superseded one too; the half-written part is not read
+    assert sorted(zip(frame["tag"], frame["category"], strict=True)) == [
+        ("x", "character"),
+        ("x", "general"),
+        ("y", "artist"),
+    ]
+
+
 def test_newest_row_of_an_id_wins_across_parts(ws):
     write_part(ws, TAG_CATEGORIES, [tag_row("x", "general"), tag_row("y", "artist")])
     write_part(ws, TAG_CATEGORIES, [tag_row("x", "character")])
