@@ -132,10 +132,14 @@ def crop_images(workspace: str | Path, options: CropOptions | None = None) -> Cr
         **asdict(options.crop),
         "shard": str(options.shard),
     }
+    cropper = None
+    if spec.kind == "frcnn":  # one model, loaded here: its parts record the input size it really runs at
+        cropper = Cropper(ws, spec, options.crop)
+        params.update(cropper.detector.params())
     writer = PartWriter(ws, CROP, params, rows_per_part=options.rows_per_part)
     workers = options.workers or cpu_count()
-    if spec.kind == "frcnn":
-        results = _run_batched(ws, spec, options.crop, jobs)
+    if cropper is not None:
+        results = _run_batched(cropper, jobs)
     elif workers > 1 and len(jobs) >= _MIN_IMAGES_FOR_PROCESSES:
         results = _Pooled(ws, spec, options.crop, jobs, min(workers, len(jobs)))
     else:
@@ -369,12 +373,9 @@ class _Pooled:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _run_batched(
-    ws: Workspace, spec: DetectorSpec, settings: CropSettings, jobs: list[Job]
-) -> Iterator[list[dict]]:
+def _run_batched(cropper: Cropper, jobs: list[Job]) -> Iterator[list[dict]]:
     """One model in this process sees batches; threads decode ahead of it and crop behind it."""
-    cropper = Cropper(ws, spec, settings)
-    batch_size = spec.batch_size
+    settings, batch_size = cropper.settings, cropper.spec.batch_size
     with ThreadPoolExecutor(max_workers=min(8, cpu_count() + 1), thread_name_prefix="crop-io") as io:
         decoding = deque(io.submit(cropper.prepare, job) for job in jobs[: 2 * batch_size])
         upcoming = iter(jobs[2 * batch_size :])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ pytest.importorskip("torchvision")
 
 from crawl.local import ingest_folder
 from curate.errors import InvalidArgument
-from curate.manifest import CRAWL, CROP, read_stage
+from curate.manifest import CRAWL, CROP, part_files, part_metadata, read_stage
 from curate.workspace import Workspace
 from detect.boxes import Box
 from detect.coco import CocoImage, load_coco, write_coco
@@ -165,3 +166,7 @@ def test_cli_trains_then_crops_with_the_trained_model(cropped, tmp_path):
     rows = read_stage(cropped, CROP).to_pylist()
     assert rows and {r["detector"] for r in rows} == {"frcnn"}
     assert len({r["image_id"] for r in rows}) == len(IMAGES)
+    params = part_metadata(part_files(cropped, CROP)[-1])["params"]
+    assert params["detector"] == "frcnn" and params["model_format"] == "curate.frcnn"
+    assert (params["min_size"], params["max_size"]) == (96, 192)
+    assert params["model_sha256"] == hashlib.sha256((out / "last.pt").read_bytes()).hexdigest()
