@@ -140,7 +140,38 @@ CROP = Stage(
     ),
 )
 
-STAGES: dict[str, Stage] = {stage.name: stage for stage in (CRAWL, TAG_CATEGORIES, CROP)}
+# Where a face's label came from: the tagger, the post's own booru tags, or both.
+LABEL_SOURCES = ("tagger", "booru", "both")
+BOORU_CATEGORIES = ("general", "character", "copyright", "artist")
+
+TAG = Stage(
+    name="tag",
+    key="face_id",
+    schema=pa.schema(
+        [
+            pa.field("face_id", pa.string(), nullable=False),
+            pa.field("image_id", pa.string(), nullable=False),
+            *_outcome_fields(),
+            pa.field("model", pa.string()),  # the tagger: hub id or folder
+            pa.field("rating", pa.string()),  # general | sensitive | questionable | explicit
+            pa.field("rating_score", pa.float32()),
+            # the tagger's labels above their thresholds, most probable first
+            pa.field("tags_general", _TAG_LIST),
+            pa.field("tags_character", _TAG_LIST),
+            # every tag (ratings aside) the tagger gave at least the floor, so thresholds can change later
+            pa.field("scored_tags", _TAG_LIST),
+            pa.field("scores", pa.list_(pa.float32())),
+            # the post's own tags (every post that stored this image), by category
+            *(pa.field(f"booru_{name}", _TAG_LIST) for name in BOORU_CATEGORIES),
+            # general and character labels from both, canonical (underscores, lower case), with their source
+            pa.field("labels", _TAG_LIST),
+            pa.field("label_sources", _TAG_LIST),
+            pa.field("tagged_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+        ]
+    ),
+)
+
+STAGES: dict[str, Stage] = {stage.name: stage for stage in (CRAWL, TAG_CATEGORIES, CROP, TAG)}
 
 
 def now_utc() -> datetime:

@@ -143,3 +143,36 @@ def _download(artifact: Artifact, target: Path, timeout: float) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return target
+
+
+def resolve_hub_folder(model_id: str, files: tuple[str, ...]) -> Path:
+    """A local snapshot of `files` from hub repo `owner/name[@revision]`, cached under `$CURATE_CACHE/hub`.
+
+    Offline, only the cache is looked at, and a miss is a ModelError naming the files to fetch by hand.
+    """
+    repo, _, revision = model_id.partition("@")
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise ModelError(f"{model_id!r} is neither a folder nor a hub id like owner/name[@revision]")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    where = cache_dir() / "hub"
+    try:
+        folder = snapshot_download(
+            repo,
+            revision=revision or None,
+            allow_patterns=list(files),
+            cache_dir=where,
+            local_files_only=offline(),
+        )
+    except LocalEntryNotFoundError:
+        raise ModelError(
+            f"{repo} is not in the cache ({where}) and downloads are off (CURATE_OFFLINE/HF_HUB_OFFLINE): "
+            f"fetch {', '.join(files)} from the hub into a folder and pass that folder instead"
+        ) from None
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise ModelError(
+            f"fetching {repo} from the hub failed ({type(exc).__name__}: {exc}); "
+            f"put {', '.join(files)} in a folder and pass that folder instead"
+        ) from exc
+    return Path(folder)
