@@ -434,6 +434,70 @@ def detect_eval(
 
 
 @app.command()
+def tag(
+    workspace: Workspace = DEFAULT_ROOT / "default",
+    model: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="Tagger: a hub id (owner/name[@revision]) or a folder with config.json, "
+            "model.safetensors and selected_tags.csv; default SmilingWolf/wd-vit-tagger-v3."
+        ),
+    ] = None,
+    general_threshold: Annotated[float, typer.Option(help="General tags kept at this probability.")] = 0.35,
+    character_threshold: Annotated[
+        float, typer.Option(help="Character tags kept at this probability.")
+    ] = 0.85,
+    floor: Annotated[
+        float, typer.Option(help="Every probability at least this is stored, for re-thresholding later.")
+    ] = 0.05,
+    device: Device = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Faces per forward pass.")] = 8,
+    workers: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(min=0, help="Decoding processes; default half the CPUs."),
+    ] = None,
+    shard: Shard = None,
+    retry_failed: Annotated[bool, typer.Option(help="Tag faces that failed again.")] = False,
+    force: Annotated[bool, typer.Option(help="Tag every face again.")] = False,
+    part_rows: Annotated[int, typer.Option(min=1, help="Rows per manifest part.")] = 1000,
+    quiet: Quiet = False,
+) -> None:
+    """Tag every face crop with a WD tagger (timm), beside the post's own booru tags."""
+    from curate.shard import Shard as ShardSpec
+    from detect.tag import TagOptions, tag_faces
+    from detect.tagger import Thresholds
+
+    options = TagOptions(
+        model=model,
+        thresholds=Thresholds(general=general_threshold, character=character_threshold, floor=floor),
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        shard=ShardSpec.parse(shard),
+        force=force,
+        retry_failed=retry_failed,
+        progress=not quiet,
+        rows_per_part=part_rows,
+    )
+    report = tag_faces(workspace, options)
+    if not report.faces and not report.interrupted:
+        out.print(
+            f"all {report.already_done:,} faces in {workspace} are already tagged: nothing to do.\n"
+            "--retry-failed tags failed faces again; --force tags them all."
+        )
+        return
+    out.print(f"[bold]tag[/bold]: {report.faces:,} faces, {report.already_done:,} already done")
+    _print_outcomes(report.outcomes)
+    if report.labels:
+        common = ", ".join(f"{name}: {n}" for name, n in report.labels.most_common(8))
+        out.print(f"  most given: {common}", highlight=False)
+    out.print(f"  {report.seconds:.1f} s ({report.faces / max(report.seconds, 1e-9):.2f} faces/s)")
+    if report.interrupted:
+        err.print("interrupted: what finished is saved; run the same command again to resume")
+        raise typer.Exit(130)
+
+
+@app.command()
 def status(workspace: Workspace = DEFAULT_ROOT / "default") -> None:
     """Rows per stage by status and error code."""
     from curate.status import format_counts, workspace_status
