@@ -497,6 +497,75 @@ def tag(
         raise typer.Exit(130)
 
 
+labels_app = typer.Typer(help="Tag statistics and the label vocabulary training uses.", no_args_is_help=True)
+app.add_typer(labels_app, name="labels")
+LabelSource = Annotated[
+    str, typer.Option(help="Count the tagger's labels, the posts' booru tags, or any (either).")
+]
+LabelCategory = Annotated[str, typer.Option(help="general, character or any.")]
+
+
+@labels_app.command("stats")
+def labels_stats(
+    workspace: Workspace = DEFAULT_ROOT / "default",
+    source: LabelSource = "any",
+    category: LabelCategory = "general",
+    top: Annotated[int, typer.Option(min=1, help="Tags to list and chart.")] = 40,
+) -> None:
+    """Faces per tag, most frequent first, as a table and a PNG bar chart in WORKSPACE/report/."""
+    from curate.labels import label_stats
+
+    counts, ranked, chart = label_stats(workspace, source=source, category=category, top=top)
+    out.print(f"[bold]{category} tags[/bold] ({source}) on {counts.faces:,} tagged faces")
+    width = max((len(name) for name, _ in ranked), default=0)
+    for name, count in ranked:
+        out.print(f"  {name:<{width}}  {count:>7,}  {100 * count / counts.faces:5.1f}%", highlight=False)
+    out.print(f"chart: {chart}")
+
+
+@labels_app.command("select")
+def labels_select(
+    workspace: Workspace = DEFAULT_ROOT / "default",
+    top: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(min=1, help="The N most frequent tags of --category."),
+    ] = None,
+    list_file: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--list", help="A file of tags, one per line or comma separated, in label order."),
+    ] = None,
+    preset: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="A label list shipped with curate."),
+    ] = None,
+    source: LabelSource = "any",
+    category: LabelCategory = "general",
+    min_count: Annotated[int, typer.Option(min=1, help="Leave out tags on fewer faces than this.")] = 1,
+    exclude: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(help="Tags to leave out (repeat, or comma separated)."),
+    ] = None,
+) -> None:
+    """Choose the label vocabulary and write it to WORKSPACE/labels.json."""
+    from curate.labels import choose_labels
+
+    excluded = [t for item in exclude or () for t in item.split(",") if t.strip()]
+    vocabulary, path = choose_labels(
+        workspace,
+        top=top,
+        list_file=list_file,
+        preset_name=preset,
+        source=source,
+        category=category,
+        min_count=min_count,
+        exclude=excluded,
+    )
+    shown = ", ".join(f"{t}: {vocabulary.counts[t]}" for t in vocabulary.labels[:12])
+    more = f" … ({len(vocabulary.labels)} in all)" if len(vocabulary.labels) > 12 else ""
+    out.print(f"[bold]{len(vocabulary.labels)} labels[/bold] over {vocabulary.faces:,} faces: {shown}{more}")
+    out.print(f"written to {path}")
+
+
 @app.command()
 def status(workspace: Workspace = DEFAULT_ROOT / "default") -> None:
     """Rows per stage by status and error code."""
