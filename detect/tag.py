@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,14 @@ def tag_faces(workspace: str | Path, options: TagOptions | None = None) -> TagRe
     completed = False
     with StageProgress("tag", total=len(faces), unit="faces", enabled=options.progress) as progress:
         try:
-            for indices, batch, errors in _batches(ws, faces, tagger.preprocess, options):
+            batches = crop_batches(
+                ws.root,
+                [face.path for face in faces],
+                tagger.preprocess,
+                batch_size=options.batch_size,
+                workers=options.workers,
+            )
+            for indices, batch, errors in batches:
                 probs = tagger.predict(batch) if len(batch) else np.empty((0, len(tagger.tags.names)))
                 rows = [
                     _tagged_row(
@@ -194,14 +202,14 @@ def _base_row(face: Face, model: str, status: str) -> dict[str, Any]:
     }
 
 
-# --- decoding in worker processes ---------------------------------------------------------------------
+# --- decoding in worker processes (also used by tag-train) ------------------------------------------
 
 
-class _CropFiles:
-    """A map-style dataset: index → (index, preprocessed array | None, error code, message)."""
+class CropFiles:
+    """A map-style dataset of image files: index → (index, preprocessed array | None, error, message)."""
 
-    def __init__(self, root: Path, faces: list[Face], preprocess: Preprocessing):
-        self.root, self.paths, self.preprocess = root, [face.path for face in faces], preprocess
+    def __init__(self, root: Path, paths: list[str], preprocess: Preprocessing):
+        self.root, self.paths, self.preprocess = root, paths, preprocess
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -219,7 +227,7 @@ class _CropFiles:
             return index, None, "decode_error", f"{self.paths[index]}: {exc}"
 
 
-def _collate(items: list[tuple[int, np.ndarray | None, str | None, str | None]]) -> tuple:
+def collate_crops(items: list[tuple[int, np.ndarray | None, str | None, str | None]]) -> tuple:
     """(indices of decoded crops, their N×3×S×S batch, [(index, code, message)] of the failures)."""
     good = [(i, a) for i, a, _, _ in items if a is not None]
     batch = np.stack([a for _, a in good]) if good else np.empty((0,))
@@ -227,18 +235,22 @@ def _collate(items: list[tuple[int, np.ndarray | None, str | None, str | None]])
     return [i for i, _ in good], batch, errors
 
 
-def _batches(ws: Workspace, faces: list[Face], preprocess: Preprocessing, options: TagOptions):
-    """Batches decoded ahead of the model by DataLoader workers (none for a handful of faces)."""
+def crop_batches(
+    root: Path, paths: list[str], preprocess: Preprocessing, *, batch_size: int, workers: int | None = None
+) -> Iterator[tuple[list[int], np.ndarray, list[tuple[int, str, str]]]]:
+    """Batches of `paths` in order, decoded ahead of the model by DataLoader workers (none for one batch).
+
+    `workers` defaults to half the CPUs: the model wants the rest.
+    """
     from torch.utils.data import DataLoader
 
-    workers = options.workers if options.workers is not None else max(1, cpu_count() // 2)
-    workers = min(workers, max(0, (len(faces) - 1) // options.batch_size))  # no pool for one batch
+    workers = workers if workers is not None else max(1, cpu_count() // 2)
+    workers = min(workers, max(0, (len(paths) - 1) // batch_size))
     loader = DataLoader(
-        _CropFiles(ws.root, faces, preprocess),
-        batch_size=options.batch_size,
+        CropFiles(root, paths, preprocess),
+        batch_size=batch_size,
         num_workers=workers,
-        collate_fn=_collate,
+        collate_fn=collate_crops,
         prefetch_factor=4 if workers else None,
-        persistent_workers=False,
     )
     yield from loader
