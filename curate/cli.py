@@ -497,6 +497,89 @@ def tag(
         raise typer.Exit(130)
 
 
+@app.command("tag-train")
+def tag_train(
+    workspace: Workspace = DEFAULT_ROOT / "default",
+    backbone: Annotated[str, typer.Option(help="Any timm model name.")] = "resnet50",
+    pretrained: Annotated[
+        bool, typer.Option(help="Start from the backbone's timm weights (hub access or its cache).")
+    ] = False,
+    size: Annotated[int, typer.Option(min=16, help="Input side in pixels.")] = 224,
+    top: Annotated[int, typer.Option(min=1, help="Vocabulary: the N most frequent booru tags.")] = 256,
+    min_count: Annotated[int, typer.Option(min=1, help="...on at least this many training faces.")] = 5,
+    use_labels: Annotated[
+        bool, typer.Option("--use-labels", help="Train on the workspace's labels.json instead of --top.")
+    ] = False,
+    loss: Annotated[str, typer.Option(help="asl (asymmetric) or bce.")] = "asl",
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs in all (a larger number goes on).")] = 10,
+    batch_size: Annotated[int, typer.Option(min=1, help="Faces per step.")] = 32,
+    lr: Annotated[float, typer.Option(min=0, help="Peak learning rate (AdamW, cosine).")] = 1e-3,
+    val_fraction: Annotated[float, typer.Option(help="Images held out for mAP and F1.")] = 0.1,
+    threshold: Annotated[float, typer.Option(help="Probability cut for the F1 reported.")] = 0.35,
+    device: Device = "auto",
+    workers: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(min=0, help="Decoding processes; default half the CPUs."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the initialisation, batch order and flips.")] = 0,
+    out_dir: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--out", help="Run folder; default WORKSPACE/models/tagger."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Start again instead of resuming.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Fine-tune a timm backbone on the face crops with their booru tags; the result loads as a tagger."""
+    from detect.tag_train import TagTrainOptions, train_tagger
+
+    labels = None
+    if use_labels:
+        from curate.labels import read_vocabulary
+        from curate.workspace import Workspace as Ws
+
+        labels = read_vocabulary(Ws.open(workspace)).labels
+    options = TagTrainOptions(
+        backbone=backbone,
+        pretrained=pretrained,
+        size=size,
+        top=top,
+        min_count=min_count,
+        labels=labels,
+        loss=loss,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        val_fraction=val_fraction,
+        threshold=threshold,
+        device=device,
+        workers=workers,
+        seed=seed,
+        out=out_dir,
+        force=force,
+        progress=not quiet,
+    )
+    report = train_tagger(workspace, options)
+    if report.up_to_date:
+        out.print(
+            f"{report.out} is already trained for {report.epochs[-1].epoch} epochs: nothing to do.\n"
+            "A larger --epochs goes on; --force starts again."
+        )
+        return
+    out.print(
+        f"[bold]tag-train[/bold] {backbone}: {len(report.labels)} labels, {report.train_faces:,} faces, "
+        f"{report.val_faces:,} held out; epochs {report.resumed_from} → {report.epochs[-1].epoch}"
+    )
+    for result in report.epochs[report.resumed_from :]:
+        held = (
+            f", held-out mAP {result.val_map:.3f}, F1 {result.val_f1:.3f}"
+            if result.val_map is not None
+            else ""
+        )
+        out.print(f"  epoch {result.epoch}: loss {result.loss:.4f}{held}", highlight=False)
+    model = report.best or report.last
+    out.print(f"  tagger {model}\n  use it: curate tag --model {model}")
+
+
 labels_app = typer.Typer(help="Tag statistics and the label vocabulary training uses.", no_args_is_help=True)
 app.add_typer(labels_app, name="labels")
 LabelSource = Annotated[
