@@ -26,6 +26,7 @@ from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign, roi_align
 from curate import registry
 from curate.errors import InvalidArgument, ModelError
 from detect.boxes import Box
+from detect.device import pick_device
 from detect.mmdet import convert_mmdet_state_dict, looks_like_mmdet
 
 FORMAT = "curate.frcnn"
@@ -310,19 +311,6 @@ def _load_state(model: nn.Module, state: Mapping[str, Tensor], file: Path) -> No
         )
         raise ModelError(f"{file} does not fit the face Faster R-CNN: {text}")
     model.load_state_dict(state, strict=True)
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    """`auto` is the first CUDA GPU when there is one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device(device)
-    except RuntimeError as exc:
-        raise InvalidArgument(f"unknown device {device!r}: {exc}") from None
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidArgument(f"device {device!r} asked for, but torch sees no CUDA GPU")
-    return chosen
 
 
 def model_scale(width: int, height: int, min_size: int, max_size: int) -> float:

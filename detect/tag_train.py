@@ -30,6 +30,7 @@ from curate.manifest import CROP, OK, STATUS, read_stage
 from curate.progress import StageProgress
 from curate.tagnames import canonical_tag
 from curate.workspace import Workspace
+from detect.device import pick_device
 from detect.tag import booru_tags, crop_batches
 from detect.tagger import CHARACTER, GENERAL, Preprocessing
 
@@ -255,8 +256,6 @@ class _Run:
     ) -> _Run:
         import timm
         import torch
-
-        from detect.frcnn import pick_device
 
         run = cls(out, labels, categories, options)
         run.device = pick_device(options.device)

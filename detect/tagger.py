@@ -19,6 +19,7 @@ import numpy as np
 
 from curate import registry
 from curate.errors import InvalidArgument, ModelError
+from detect.device import pick_device
 
 TAGGER_FILES = ("config.json", "model.safetensors", "selected_tags.csv")
 DEFAULT_TAGGER = "SmilingWolf/wd-vit-tagger-v3"
@@ -113,8 +114,6 @@ class Tagger:
     def __init__(self, model: str | os.PathLike[str] | None = None, device: str = "auto"):
         import timm
         import torch
-
-        from detect.frcnn import pick_device
 
         self.folder = resolve_tagger(model)
         self.name = str(model) if model is not None else DEFAULT_TAGGER

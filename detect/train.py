@@ -27,6 +27,7 @@ from curate.progress import StageProgress
 from detect.boxes import Box, iou
 from detect.coco import CocoImage
 from detect.decode import Decoded, decode
+from detect.device import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,6 @@ def train_detector(
     out_dir.mkdir(parents=True, exist_ok=True)
     lr = lr if lr is not None else 0.02 * batch_size / 16
     schedule = Schedule(lr, steps, warmup if warmup is not None else min(500, max(1, steps // 10)))
-    from detect.frcnn import pick_device
 
     run = _Run.start(out_dir, init=init, resume=resume, seed=seed, min_size=min_size, max_size=max_size)
     run.prepare(pick_device(device), rois_per_image=rois_per_image)

@@ -41,7 +41,7 @@ def make_model(size: int = 64, *, fixed: bool = True, seed: int = 0):
     return model.eval()
 
 
-def save_wd_folder(model, folder: Path, size: int = 64) -> Path:
+def save_wd_folder(model, folder: Path, size: int = 64, tags=TAGS) -> Path:
     """Write `model` as config.json + model.safetensors + selected_tags.csv, as the WD taggers ship."""
     from timm.models import save_for_hf
 
@@ -51,6 +51,6 @@ def save_wd_folder(model, folder: Path, size: int = 64) -> Path:
     with open(folder / "selected_tags.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["tag_id", "name", "category", "count"])
-        for index, (name, category, _) in enumerate(TAGS):
+        for index, (name, category, _) in enumerate(tags):
             writer.writerow([1000 + index, name, category, 100 - index])
     return folder

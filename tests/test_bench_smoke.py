@@ -44,3 +44,10 @@ def test_crop_benchmark_prints_one_json_line_of_figures(fixtures):
     assert figures["readme_images_per_s"] > 0 and figures["curate_images_per_s"] > 0
     # the boxes must agree whatever the machine's speed
     assert figures["faces_checked"] > 0 and figures["faces_matched"] == figures["faces_checked"]
+
+
+def test_tag_benchmark_prints_one_json_line_of_figures(fixtures):
+    figures = run_quick("tag.py")
+    assert figures["bench"] == "tag" and figures["faces"] == 24 and figures["rows_ok"] == 24
+    for key in ("stage_images_per_s", "bare_forward_images_per_s", "batch1_loop_images_per_s"):
+        assert figures[key] > 0, key
