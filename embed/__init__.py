@@ -1,0 +1,1 @@
+"""Embeddings of face crops, FAISS indexes, kNN mining and near-duplicates."""
