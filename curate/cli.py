@@ -580,6 +580,86 @@ def tag_train(
     out.print(f"  tagger {model}\n  use it: curate tag --model {model}")
 
 
+@app.command()
+def embed(
+    workspace: Workspace = DEFAULT_ROOT / "default",
+    features: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="timm:<name>: a pretrained timm model's features instead of training."),
+    ] = None,
+    backbone: Annotated[str, typer.Option(help="Instance discrimination: any timm model name.")] = "resnet18",
+    dim: Annotated[int, typer.Option(min=2, help="Embedding dimension.")] = 128,
+    size: Annotated[int, typer.Option(min=16, help="Input side in pixels.")] = 128,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs in all (more goes on).")] = 20,
+    batch_size: Annotated[int, typer.Option(min=1, help="Faces per step.")] = 64,
+    lr: Annotated[float, typer.Option(min=0, help="SGD learning rate (×0.1 at 60% and 80%).")] = 0.03,
+    negatives: Annotated[int, typer.Option(min=1, help="NCE noise samples per face.")] = 4096,
+    train: Annotated[bool, typer.Option(help="Train (or resume) before embedding.")] = True,
+    index: Annotated[str, typer.Option(help="FAISS index: auto, flat, ivf or hnsw.")] = "auto",
+    device: Device = "auto",
+    workers: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(min=0, help="Decoding processes; default half the CPUs."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the initialisation, order and augmentations.")] = 0,
+    shard: Shard = None,
+    retry_failed: Annotated[bool, typer.Option(help="Embed faces that failed again.")] = False,
+    force: Annotated[bool, typer.Option(help="Train again from scratch and embed every face.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Embed every face crop (instance discrimination, or timm features) and index them with FAISS."""
+    from curate.shard import Shard as ShardSpec
+    from embed.stage import EmbedOptions, embed_faces
+    from embed.train import EmbedTrainOptions
+
+    options = EmbedOptions(
+        train=EmbedTrainOptions(
+            backbone=backbone,
+            dim=dim,
+            size=size,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            negatives=negatives,
+            device=device,
+            workers=workers,
+            seed=seed,
+            force=force,
+            progress=not quiet,
+        ),
+        features=features,
+        retrain=train,
+        index=index,
+        shard=ShardSpec.parse(shard),
+        force=force,
+        retry_failed=retry_failed,
+        progress=not quiet,
+    )
+    report = embed_faces(workspace, options)
+    if report.training is not None:
+        trained = report.training
+        if trained.resumed_from == trained.epochs:
+            out.print(f"embedding model already trained for {trained.epochs} epochs")
+        else:
+            losses = ", ".join(f"{x:.3f}" for x in trained.losses[trained.resumed_from :])
+            how = "exact softmax" if trained.full_softmax else "NCE"
+            out.print(
+                f"[bold]embed-train[/bold] epochs {trained.resumed_from} → {trained.epochs} ({how}): "
+                f"loss {losses}"
+            )
+    out.print(
+        f"[bold]embed[/bold] ({report.model}): {report.faces:,} faces, {report.already_done:,} already done"
+    )
+    _print_outcomes(report.outcomes)
+    if report.index is not None:
+        info = report.index
+        detail = f", nprobe {info.nprobe}" if info.nprobe else ""
+        out.print(
+            f"  index: {info.kind} over {info.vectors:,} × {info.dim}{detail}, "
+            f"recall@{info.k} {info.recall_at_k:.3f}"
+        )
+
+
 labels_app = typer.Typer(help="Tag statistics and the label vocabulary training uses.", no_args_is_help=True)
 app.add_typer(labels_app, name="labels")
 LabelSource = Annotated[

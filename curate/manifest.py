@@ -171,7 +171,23 @@ TAG = Stage(
     ),
 )
 
-STAGES: dict[str, Stage] = {stage.name: stage for stage in (CRAWL, TAG_CATEGORIES, CROP, TAG)}
+EMBED = Stage(
+    name="embed",
+    key="face_id",
+    schema=pa.schema(
+        [
+            pa.field("face_id", pa.string(), nullable=False),
+            pa.field("image_id", pa.string(), nullable=False),
+            *_outcome_fields(),
+            pa.field("model", pa.string()),  # instdisc:<backbone> (trained here) or timm:<name>
+            # L2-normalised; every row of a part has the same length (the part metadata's `dim`)
+            pa.field("embedding", pa.list_(pa.float32())),
+            pa.field("embedded_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+        ]
+    ),
+)
+
+STAGES: dict[str, Stage] = {stage.name: stage for stage in (CRAWL, TAG_CATEGORIES, CROP, TAG, EMBED)}
 
 
 def now_utc() -> datetime:

@@ -24,9 +24,9 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign, roi_align
 
 from curate import registry
+from curate.device import pick_device
 from curate.errors import InvalidArgument, ModelError
 from detect.boxes import Box
-from detect.device import pick_device
 from detect.mmdet import convert_mmdet_state_dict, looks_like_mmdet
 
 FORMAT = "curate.frcnn"

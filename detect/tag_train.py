@@ -25,12 +25,13 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
+from curate.device import pick_device
 from curate.errors import CurateError, InvalidArgument, ModelError
 from curate.manifest import CROP, OK, STATUS, read_stage
+from curate.metrics import average_precision, micro_f1
 from curate.progress import StageProgress
 from curate.tagnames import canonical_tag
 from curate.workspace import Workspace
-from detect.device import pick_device
 from detect.tag import booru_tags, crop_batches
 from detect.tagger import CHARACTER, GENERAL, Preprocessing
 
@@ -138,28 +139,6 @@ def choose_vocabulary(train: list[Sample], options: TagTrainOptions) -> list[str
         return labels
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     return [tag for tag, n in ranked if n >= options.min_count][: options.top]
-
-
-def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """AP of each column (NaN where a column has no positive): precision averaged at each positive."""
-    result = np.full(scores.shape[1], np.nan)
-    for column in range(scores.shape[1]):
-        positives = targets[:, column] > 0
-        if not positives.any():
-            continue
-        order = np.argsort(-scores[:, column], kind="stable")
-        hits = positives[order]
-        precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-        result[column] = precision[hits].mean()
-    return result
-
-
-def micro_f1(scores: np.ndarray, targets: np.ndarray, threshold: float) -> float:
-    predicted = scores >= threshold
-    truth = targets > 0
-    tp = float(np.sum(predicted & truth))
-    denominator = float(np.sum(predicted) + np.sum(truth))
-    return 2 * tp / denominator if denominator else 0.0
 
 
 def train_tagger(workspace: str | Path, options: TagTrainOptions | None = None) -> TagTrainReport:

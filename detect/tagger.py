@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from curate import registry
+from curate.device import pick_device
 from curate.errors import InvalidArgument, ModelError
-from detect.device import pick_device
 
 TAGGER_FILES = ("config.json", "model.safetensors", "selected_tags.csv")
 DEFAULT_TAGGER = "SmilingWolf/wd-vit-tagger-v3"

@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from curate.device import pick_device
 from curate.errors import CurateError, InvalidArgument, ModelError
 from curate.images import ImageCheckError
 from curate.progress import StageProgress
 from detect.boxes import Box, iou
 from detect.coco import CocoImage
 from detect.decode import Decoded, decode
-from detect.device import pick_device
 
 log = logging.getLogger(__name__)
 

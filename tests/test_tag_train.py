@@ -16,15 +16,14 @@ pytest.importorskip("timm")
 
 from crawl.local import ingest_folder
 from curate.errors import InvalidArgument
+from curate.metrics import average_precision, micro_f1
 from curate.workspace import Workspace
 from detect.crop import CropOptions, DetectorSpec, crop_images
 from detect.tag_train import (
     Sample,
     TagTrainOptions,
     _Run,
-    average_precision,
     choose_vocabulary,
-    micro_f1,
     train_tagger,
 )
 from detect.tagger import CHARACTER, GENERAL, Tagger, preprocess_files

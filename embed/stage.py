@@ -1,0 +1,262 @@
+"""`curate embed`: an embedding per face crop, in the manifest and in a FAISS index in models/embed/.
+
+The embedding is instance discrimination trained here on the crops (default), or the pooled features
+of a pretrained timm model (`features="timm:<name>"`). Extraction is resumable and sharded; training
+happens once, before extraction, and is skipped by shards (train first, then run the shards).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+
+from curate.errors import InvalidArgument, ModelError
+from curate.manifest import CROP, EMBED, FAILED, OK, STATUS, PartWriter, now_utc, read_stage
+from curate.progress import StageProgress
+from curate.shard import Shard
+from curate.workspace import Workspace
+from embed.index import IndexInfo, build_index, tune_recall
+from embed.train import (
+    CHECKPOINT,
+    EmbedTrainOptions,
+    EmbedTrainResult,
+    eval_transform,
+    loader,
+    train_embedding,
+)
+
+INDEX_FILE, INDEX_INFO, INDEX_IDS = "faces.faiss", "faces.json", "faces-ids.txt"
+
+
+@dataclass
+class EmbedOptions:
+    train: EmbedTrainOptions = field(default_factory=EmbedTrainOptions)
+    features: str | None = None  # "timm:<name>": a pretrained model's features instead of training
+    retrain: bool = True  # train (or resume training) before extracting; False uses the model as it is
+    index: str = "auto"  # flat | ivf | hnsw | auto
+    shard: Shard = field(default_factory=Shard)
+    force: bool = False  # embed every face again (with `train.force`, train again too)
+    retry_failed: bool = False
+    progress: bool = True
+    rows_per_part: int = 1000
+
+
+@dataclass
+class EmbedReport:
+    model: str
+    faces: int = 0  # embedded this run
+    already_done: int = 0
+    outcomes: Counter[tuple[str, str | None]] = field(default_factory=Counter)
+    training: EmbedTrainResult | None = None
+    index: IndexInfo | None = None
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class FaceCrop:
+    face_id: str
+    image_id: str
+    path: str
+
+
+def model_dir(ws: Workspace) -> Path:
+    return ws.models / "embed"
+
+
+def embed_faces(workspace: str | Path, options: EmbedOptions | None = None) -> EmbedReport:
+    """Train (unless told not to), embed every face crop not yet embedded, and rebuild the index."""
+    options = options or EmbedOptions()
+    ws = Workspace.open(workspace)
+    crops = all_crops(ws)
+    folder = model_dir(ws)
+    training = None
+    if options.features is None:
+        model_name = f"instdisc:{options.train.backbone}"
+        if options.retrain and options.shard.count == 1:
+            paths = [ws.root / crop.path for crop in crops]
+            training = train_embedding(paths, folder, options.train)
+        elif not (folder / CHECKPOINT).is_file():
+            raise InvalidArgument(
+                f"no embedding model at {folder / CHECKPOINT}: run `curate embed` without --shard first"
+            )
+    else:
+        model_name = _features_name(options.features)
+    report = EmbedReport(model=model_name, training=training)
+    wanted = [crop for crop in crops if crop.face_id in options.shard]
+    todo = _not_done(ws, wanted, model_name, options)
+    report.already_done = len(wanted) - len(todo)
+    if todo:
+        network, size = _network(folder, options)
+        _extract(ws, todo, network, size, model_name, options, report)
+    report.index = rebuild_index(ws, model_name, options.index)
+    return report
+
+
+def all_crops(ws: Workspace) -> list[FaceCrop]:
+    table = read_stage(ws, CROP, columns=["image_id", STATUS, "path"])
+    table = table.filter(pc.and_(pc.equal(table[STATUS], OK), pc.is_valid(table["path"])))
+    if table.num_rows == 0:
+        raise InvalidArgument(f"{ws.root} has no face crops: run `curate crop` first")
+    columns = (table[name].to_pylist() for name in ("face_id", "image_id", "path"))
+    return [FaceCrop(*values) for values in zip(*columns, strict=True)]
+
+
+def _features_name(features: str) -> str:
+    kind, _, name = features.partition(":")
+    if kind != "timm" or not name:
+        raise InvalidArgument(f"--features must look like timm:<model name>, got {features!r}")
+    return features
+
+
+def _not_done(ws: Workspace, wanted: list[FaceCrop], model: str, options: EmbedOptions) -> list[FaceCrop]:
+    if options.force:
+        return wanted
+    table = read_stage(ws, EMBED, columns=[STATUS, "model"])
+    keep = pc.equal(table["model"], model)
+    if options.retry_failed:
+        keep = pc.and_(keep, pc.not_equal(table[STATUS], FAILED))
+    done = set(table.filter(keep)["face_id"].to_pylist())
+    return [crop for crop in wanted if crop.face_id not in done]
+
+
+def _network(folder: Path, options: EmbedOptions) -> tuple[Any, int]:
+    """(network in eval mode, input side) for extraction."""
+    from embed.train import load_network
+
+    if options.features is None:
+        network, settings = load_network(folder / CHECKPOINT, options.train.device)
+        return network, settings["size"]
+    import timm
+    import torch
+
+    from curate.device import pick_device
+
+    name = options.features.partition(":")[2]
+    try:
+        backbone = timm.create_model(name, pretrained=True, num_classes=0)
+    except RuntimeError as exc:
+        raise InvalidArgument(f"--features {options.features!r}: {exc}") from None
+    except Exception as exc:  # offline without the weights in the hub cache, or no network
+        raise ModelError(
+            f"the pretrained weights of {name} are not available ({type(exc).__name__}: {exc}); "
+            "with CURATE_OFFLINE/HF_HUB_OFFLINE they must already be in the hub cache"
+        ) from exc
+
+    class Normalised(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = backbone
+
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.normalize(self.backbone(pixels), dim=1)
+
+    network = Normalised().to(pick_device(options.train.device)).eval()
+    size = int(backbone.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+    return network, size
+
+
+def _extract(
+    ws: Workspace,
+    todo: list[FaceCrop],
+    network: Any,
+    size: int,
+    model: str,
+    options: EmbedOptions,
+    report: EmbedReport,
+) -> None:
+    import torch
+
+    device = next(network.parameters()).device
+    params = {"model": model, "size": size, "shard": str(options.shard)}
+    writer = PartWriter(ws, EMBED, params, rows_per_part=options.rows_per_part)
+    batches = loader(
+        [ws.root / crop.path for crop in todo],
+        eval_transform(size),
+        options.train.batch_size,
+        options.train.workers,
+    )
+    completed = False
+    with StageProgress("embed", total=len(todo), unit="faces", enabled=options.progress) as progress:
+        try:
+            with torch.inference_mode():
+                for indices, pixels, unreadable in batches:
+                    rows = []
+                    if len(indices):
+                        vectors = network(pixels.to(device)).float().cpu().numpy()
+                        for index, vector in zip(indices.tolist(), vectors, strict=True):
+                            rows.append({**_row(todo[index], model, OK), "embedding": vector.tolist()})
+                    for index in unreadable:
+                        rows.append(
+                            {**_row(todo[index], model, FAILED), "error": "decode_error",
+                             "message": f"{todo[index].path} does not decode"}
+                        )  # fmt: skip
+                    writer.extend(rows)
+                    report.outcomes.update((row[STATUS], row["error"]) for row in rows)
+                    report.faces += len(rows)
+                    progress.advance(len(rows))
+            completed = True
+        finally:
+            writer.flush(complete=completed and options.shard.count == 1, dim=network_dim(network))
+            report.seconds = progress.elapsed
+
+
+def network_dim(network: Any) -> int | None:
+    projection = getattr(network, "projection", None)
+    return int(projection.out_features) if projection is not None else None
+
+
+def _row(crop: FaceCrop, model: str, status: str) -> dict[str, Any]:
+    return {
+        "face_id": crop.face_id,
+        "image_id": crop.image_id,
+        STATUS: status,
+        "error": None,
+        "message": None,
+        "model": model,
+        "embedded_at": now_utc(),
+    }
+
+
+def read_embeddings(ws: Workspace, model: str | None = None) -> tuple[list[str], np.ndarray, str]:
+    """(face ids, N×D unit vectors, model) of every embedded face, of `model` or the newest model."""
+    table = read_stage(ws, EMBED, columns=[STATUS, "model", "embedding"])
+    table = table.filter(pc.equal(table[STATUS], OK))
+    if table.num_rows == 0:
+        raise InvalidArgument(f"{ws.root} has no embedded faces: run `curate embed` first")
+    models = table["model"].to_pylist()
+    model = model or models[-1]
+    table = table.filter(pc.equal(table["model"], model))
+    vectors = np.asarray(table["embedding"].to_pylist(), dtype=np.float32)
+    return table["face_id"].to_pylist(), vectors, model
+
+
+def rebuild_index(ws: Workspace, model: str, kind: str = "auto") -> IndexInfo:
+    """The FAISS index over every face embedded by `model`, written to models/embed/ atomically."""
+    import faiss
+
+    ids, vectors, _ = read_embeddings(ws, model)
+    index, info = build_index(vectors, kind)
+    info = tune_recall(index, info, vectors, k=10)
+    folder = model_dir(ws)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    files = {
+        INDEX_FILE: lambda tmp: faiss.write_index(index, str(tmp)),
+        INDEX_IDS: lambda tmp: tmp.write_text("\n".join(ids) + "\n", encoding="utf-8"),
+        INDEX_INFO: lambda tmp: tmp.write_text(
+            json.dumps({"model": model, **asdict(info)}, indent=1) + "\n", encoding="utf-8"
+        ),
+    }
+    for name, write in files.items():
+        tmp = folder / f".{name}.{stamp}.tmp"
+        write(tmp)
+        os.replace(tmp, folder / name)
+    return info

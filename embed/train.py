@@ -1,0 +1,282 @@
+"""Train the instance-discrimination embedding on the face crops, epoch by epoch, resumable.
+
+`models/embed/last.pt` holds the network, the memory bank, the optimiser, NCE's Z and the losses after
+each whole epoch. Augmentations and batch order are seeded by (seed, epoch), so a run resumed from its
+last epoch goes on as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from curate.device import pick_device
+from curate.errors import CurateError, InvalidArgument, ModelError
+from curate.processes import cpu_count
+from curate.progress import StageProgress
+
+log = logging.getLogger(__name__)
+
+FORMAT = "curate.embed"
+CHECKPOINT = "last.pt"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass
+class EmbedTrainOptions:
+    backbone: str = "resnet18"  # any timm model name
+    dim: int = 128
+    size: int = 128  # input side: crops are resized to it
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 0.03  # the paper's, dropped ×0.1 at 60% and 80% of the epochs
+    negatives: int = 4096  # NCE noise samples per image; the exact softmax below 2× this many images
+    temperature: float = 0.07
+    momentum: float = 0.5  # memory bank
+    device: str = "auto"
+    workers: int | None = None
+    seed: int = 0
+    force: bool = False
+    progress: bool = True
+
+
+@dataclass
+class EmbedTrainResult:
+    checkpoint: Path
+    epochs: int
+    resumed_from: int
+    losses: list[float] = field(default_factory=list)  # mean loss per epoch, since epoch 1
+    full_softmax: bool = False
+
+
+def build_network(backbone: str, dim: int, *, pretrained: bool = False) -> Any:
+    """A timm backbone (no classifier) and a linear projection to `dim`, output L2-normalised."""
+    import timm
+    import torch
+    from torch import nn
+
+    class EmbeddingNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = timm.create_model(backbone, pretrained=pretrained, num_classes=0)
+            self.projection = nn.Linear(self.backbone.num_features, dim)
+
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            return nn.functional.normalize(self.projection(self.backbone(pixels)), dim=1)
+
+    try:
+        return EmbeddingNet()
+    except RuntimeError as exc:
+        raise InvalidArgument(f"--backbone {backbone!r}: {exc}") from None
+
+
+def training_transform(size: int) -> Any:
+    """The paper's augmentations: random resized crop, flip, colour jitter, greyscale."""
+    from torchvision.transforms import v2
+
+    return v2.Compose(
+        [
+            v2.RGB(),
+            v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            v2.RandomGrayscale(p=0.2),
+            v2.ToImage(),
+            v2.ToDtype(_float32(), scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def eval_transform(size: int) -> Any:
+    """What embedding sees: the whole crop, resized."""
+    from torchvision.transforms import v2
+
+    return v2.Compose(
+        [
+            v2.RGB(),
+            v2.Resize((size, size), antialias=True),
+            v2.ToImage(),
+            v2.ToDtype(_float32(), scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def _float32() -> Any:
+    import torch
+
+    return torch.float32
+
+
+class CropImages:
+    """Map-style dataset of crop files: index → (index, transformed tensor), tensor None if unreadable."""
+
+    def __init__(self, paths: list[Path], transform: Any):
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, Any]:
+        from PIL import Image
+
+        try:
+            with Image.open(self.paths[index]) as image:
+                return index, self.transform(image.convert("RGB"))
+        except (OSError, ValueError):
+            return index, None
+
+
+def collate(items: list[tuple[int, Any]]) -> tuple[Any, Any, list[int]]:
+    """(indices, stacked tensors) of the readable items, and the indices of the unreadable ones."""
+    import torch
+
+    good = [(i, t) for i, t in items if t is not None]
+    indices = torch.tensor([i for i, _ in good], dtype=torch.int64)
+    pixels = torch.stack([t for _, t in good]) if good else torch.empty(0)
+    return indices, pixels, [i for i, t in items if t is None]
+
+
+def loader(paths: list[Path], transform: Any, batch_size: int, workers: int | None, **kwargs: Any) -> Any:
+    from torch.utils.data import DataLoader
+
+    workers = workers if workers is not None else max(1, cpu_count() // 2)
+    workers = min(workers, max(0, (len(paths) - 1) // batch_size))
+    return DataLoader(
+        CropImages(paths, transform),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate,
+        prefetch_factor=4 if workers else None,
+        **kwargs,
+    )
+
+
+def train_embedding(paths: list[Path], out: Path, options: EmbedTrainOptions) -> EmbedTrainResult:
+    """Train (or go on training) on the crops at `paths`; the checkpoint lands at out/last.pt."""
+    import torch
+
+    from embed.nce import MemoryBank, NCELoss, paper_lr, softmax_loss, uses_full_softmax
+
+    if len(paths) < 2:
+        raise InvalidArgument("instance discrimination needs at least two face crops")
+    if options.epochs < 1 or options.batch_size < 1 or options.dim < 1:
+        raise InvalidArgument("epochs, batch size and dimension must all be at least 1")
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(options.device)
+    saved = None if options.force else read_checkpoint(out / CHECKPOINT, missing_ok=True)
+    if saved is not None and (saved["backbone"], saved["dim"], saved["images"]) != (
+        options.backbone, options.dim, len(paths),
+    ):  # fmt: skip
+        raise InvalidArgument(
+            f"{out / CHECKPOINT} is a {saved['backbone']} ({saved['dim']}-d) run over "
+            f"{saved['images']} crops; --force starts a new one"
+        )
+    torch.manual_seed(options.seed)
+    network = build_network(options.backbone, options.dim).to(device)
+    bank = MemoryBank(len(paths), options.dim, momentum=options.momentum, seed=options.seed).to(device)
+    optimizer = torch.optim.SGD(network.parameters(), lr=options.lr, momentum=0.9, weight_decay=5e-4)
+    full = uses_full_softmax(len(paths), options.negatives)
+    nce = NCELoss(len(paths), options.negatives, options.temperature)
+    epoch, losses = 0, []
+    if saved is not None:
+        network.load_state_dict(saved["model"])
+        bank.load_state_dict(saved["bank"])
+        optimizer.load_state_dict(saved["optimizer"])
+        nce.z = saved["z"]
+        epoch, losses = int(saved["epoch"]), list(saved["losses"])
+    resumed_from = epoch
+    per_epoch = math.ceil(len(paths) / options.batch_size)
+    transform = training_transform(options.size)
+    with StageProgress(
+        "embed-train",
+        total=per_epoch * max(0, options.epochs - epoch),
+        unit="steps",
+        enabled=options.progress,
+    ) as bar:
+        while epoch < options.epochs:
+            torch.manual_seed(options.seed * 100_003 + epoch)  # this epoch's augmentations and noise
+            order = torch.Generator().manual_seed(options.seed * 100_003 + epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = paper_lr(epoch, options.epochs, options.lr)
+            network.train()
+            epoch_losses = []
+            for indices, pixels, _ in loader(
+                paths, transform, options.batch_size, options.workers, shuffle=True, generator=order
+            ):
+                if len(indices) == 0:
+                    continue
+                indices, pixels = indices.to(device), pixels.to(device)
+                features = network(pixels)
+                if full:
+                    loss = softmax_loss(features, indices, bank.vectors, options.temperature)
+                else:
+                    loss = nce(features, indices, bank.vectors)
+                if not torch.isfinite(loss):
+                    raise CurateError("embedding training diverged (a non-finite loss): lower --lr")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                bank.update(indices, features)
+                epoch_losses.append(float(loss.detach()))
+                bar.advance(1)
+            epoch += 1
+            losses.append(float(np.mean(epoch_losses)) if epoch_losses else math.nan)
+            _save(out / CHECKPOINT, network, bank, optimizer, nce.z, epoch, losses, len(paths), options)
+    return EmbedTrainResult(out / CHECKPOINT, epoch, resumed_from, losses, full)
+
+
+def _save(path: Path, network, bank, optimizer, z, epoch, losses, images, options: EmbedTrainOptions) -> None:
+    import torch
+
+    payload = {
+        "format": FORMAT,
+        "backbone": options.backbone,
+        "dim": options.dim,
+        "size": options.size,
+        "images": images,
+        "model": network.state_dict(),
+        "bank": bank.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "z": z,
+        "epoch": epoch,
+        "losses": losses,
+        "seed": options.seed,
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:6]}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: Path, *, missing_ok: bool = False) -> dict[str, Any] | None:
+    """A curate.embed checkpoint (tensors and plain values only); ModelError for anything else."""
+    import torch
+
+    if not path.is_file():
+        if missing_ok:
+            return None
+        raise ModelError(f"embedding model not found: {path} (run `curate embed` to train one)")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"{path} is not an embedding checkpoint curate can read: {exc}") from exc
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+        raise ModelError(f"{path} is not a {FORMAT} checkpoint")
+    return saved
+
+
+def load_network(path: Path, device: str = "auto") -> tuple[Any, dict[str, Any]]:
+    """The trained network from a checkpoint, in eval mode, with the checkpoint's settings."""
+    saved = read_checkpoint(path)
+    network = build_network(saved["backbone"], saved["dim"])
+    network.load_state_dict(saved["model"])
+    network.to(pick_device(device)).eval()
+    return network, {k: saved[k] for k in ("backbone", "dim", "size", "epoch")}
