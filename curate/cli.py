@@ -660,6 +660,71 @@ def embed(
         )
 
 
+@app.command("filter")
+def filter_command(
+    workspace: Workspace = DEFAULT_ROOT / "default",
+    good: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(help="Good seeds: face ids (repeat or comma separated) or a folder of example faces."),
+    ] = None,
+    bad: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(help="Bad seeds: face ids or a folder of example images."),
+    ] = None,
+    good_query: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Faces whose labels include all these tags are good seeds, e.g. 'solo portrait'."),
+    ] = None,
+    bad_query: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Faces whose labels include all these tags are bad seeds."),
+    ] = None,
+    k: Annotated[int, typer.Option(min=1, help="Seeds that vote on each face.")] = 10,
+    rounds: Annotated[int, typer.Option(min=0, help="Mining rounds that grow the seed sets.")] = 2,
+    threshold: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(help="Keep faces scoring at least this; default: chosen from the seeds."),
+    ] = None,
+    target_precision: Annotated[
+        float, typer.Option(help="Precision the chosen threshold aims at (leave-one-out on the seeds).")
+    ] = 0.9,
+    dedup: Annotated[
+        float, typer.Option(help="Cosine similarity at which faces are near-duplicates; 0 = no dedup.")
+    ] = 0.98,
+) -> None:
+    """Keep the faces near the good seeds (kNN vote, mined over rounds) and one of each near-duplicate."""
+    from embed.filter import FilterOptions, filter_faces
+
+    def split(values: list[str] | None) -> list[str]:
+        return [v.strip() for value in values or () for v in value.split(",") if v.strip()]
+
+    options = FilterOptions(
+        good=split(good),
+        bad=split(bad),
+        good_query=good_query,
+        bad_query=bad_query,
+        k=k,
+        rounds=rounds,
+        threshold=threshold,
+        target_precision=target_precision,
+        dedup=dedup or None,
+    )
+    report = filter_faces(workspace, options)
+    estimate = (
+        f", estimated precision {report.estimated_precision:.2f}"
+        if report.estimated_precision is not None
+        else ""
+    )
+    out.print(
+        f"[bold]filter[/bold]: {report.kept:,} of {report.faces:,} faces kept; "
+        f"seeds {report.good_seeds} good, {report.bad_seeds} bad; mined {report.mined_good} good, "
+        f"{report.mined_bad} bad; threshold {report.threshold:.3f}{estimate}"
+    )
+    for reason, count in report.reasons.most_common():
+        if reason != "kept":
+            out.print(f"  dropped {count:,}: {reason}", highlight=False)
+
+
 labels_app = typer.Typer(help="Tag statistics and the label vocabulary training uses.", no_args_is_help=True)
 app.add_typer(labels_app, name="labels")
 LabelSource = Annotated[

@@ -187,7 +187,29 @@ EMBED = Stage(
     ),
 )
 
-STAGES: dict[str, Stage] = {stage.name: stage for stage in (CRAWL, TAG_CATEGORIES, CROP, TAG, EMBED)}
+FILTER = Stage(
+    name="filter",
+    key="face_id",
+    schema=pa.schema(
+        [
+            pa.field("face_id", pa.string(), nullable=False),
+            pa.field("image_id", pa.string(), nullable=False),
+            # ok = kept; skipped with error low_score, duplicate or bad_seed
+            *_outcome_fields(),
+            pa.field("model", pa.string()),  # the embedding the scores come from
+            pa.field("score", pa.float32()),  # the seeds' vote (or mean similarity to good seeds)
+            pa.field("seed", pa.string()),  # good | bad, for the seeds given
+            pa.field("mined", pa.string()),  # good | bad, for faces the mining rounds took in
+            pa.field("nearest_seeds", _TAG_LIST),  # face ids of the nearest seeds, nearest first
+            pa.field("dup_group", pa.string()),  # the keeper's face id, for every member of a group
+            pa.field("dup_of", pa.string()),  # the keeper's face id, for the members dropped
+            pa.field("keep", pa.bool_()),
+            pa.field("filtered_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+        ]
+    ),
+)
+
+STAGES: dict[str, Stage] = {stage.name: stage for stage in (CRAWL, TAG_CATEGORIES, CROP, TAG, EMBED, FILTER)}
 
 
 def now_utc() -> datetime:

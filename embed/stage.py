@@ -260,3 +260,22 @@ def rebuild_index(ws: Workspace, model: str, kind: str = "auto") -> IndexInfo:
         write(tmp)
         os.replace(tmp, folder / name)
     return info
+
+
+def embed_files(ws: Workspace, model: str, paths: list[Path], *, device: str = "auto") -> np.ndarray:
+    """Unit embeddings of image files (e.g. example faces given as seeds) by the workspace's `model`."""
+    import torch
+
+    settings = EmbedOptions(train=EmbedTrainOptions(device=device, workers=0), features=None)
+    if model.startswith("timm:"):
+        settings.features = model
+    network, size = _network(model_dir(ws), settings)
+    rows = []
+    with torch.inference_mode():
+        for _, pixels, unreadable in loader(paths, eval_transform(size), 32, 0):
+            if unreadable:
+                raise InvalidArgument(
+                    f"{len(unreadable)} example images do not decode, e.g. {paths[unreadable[0]]}"
+                )
+            rows.append(network(pixels.to(next(network.parameters()).device)).float().cpu().numpy())
+    return np.concatenate(rows)

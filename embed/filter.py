@@ -1,0 +1,321 @@
+"""`curate filter`: keep the faces that look like the good seeds, and one of each near-duplicate group.
+
+Following EDITH: a face's goodness is a similarity-weighted vote of its k nearest seeds in the
+embedding (good seeds vote 1, bad seeds 0), and the good set grows over a few rounds by taking in the
+faces the vote is confident about. The threshold is given, or chosen by leave-one-out over the seeds
+so that the estimated precision meets a target.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+
+from curate.errors import InvalidArgument
+from curate.manifest import CROP, FILTER, OK, SKIPPED, STATUS, TAG, PartWriter, now_utc, read_stage
+from curate.tagnames import canonical_tag
+from curate.workspace import Workspace
+from embed.dedup import duplicate_groups, keepers
+from embed.index import knn_all
+from embed.stage import read_embeddings
+
+TEMPERATURE = 0.07  # of the vote's weights exp(similarity / τ), as instance discrimination's softmax
+
+
+@dataclass
+class FilterOptions:
+    good: list[str] = field(default_factory=list)  # face ids
+    bad: list[str] = field(default_factory=list)
+    good_query: str | None = None  # tags every good seed carries (tagger or booru labels)
+    bad_query: str | None = None
+    k: int = 10
+    rounds: int = 2  # mining rounds that grow the seed sets
+    mine_confidence: float = 0.9  # a face joins the good (bad) seeds at a vote ≥ this (≤ 1 − this)
+    threshold: float | None = None  # keep faces scoring ≥ this; None: chosen by leave-one-out
+    target_precision: float = 0.9
+    dedup: float | None = 0.98  # cosine at which faces are near-duplicates; None: no dedup
+    model: str | None = None  # which embedding (default the newest)
+
+
+@dataclass
+class FilterReport:
+    faces: int
+    good_seeds: int
+    bad_seeds: int
+    mined_good: int
+    mined_bad: int
+    threshold: float
+    estimated_precision: float | None
+    kept: int
+    reasons: Counter[str] = field(default_factory=Counter)
+
+
+def query_seeds(ws: Workspace, query: str) -> list[str]:
+    """Faces whose tag-stage labels include every tag of `query` (spaces or underscores alike)."""
+    wanted = {canonical_tag(t) for t in query.replace(",", " ").split()}
+    table = read_stage(ws, TAG, columns=[STATUS, "labels"])
+    table = table.filter(pc.equal(table[STATUS], OK))
+    if table.num_rows == 0:
+        raise InvalidArgument(f"{ws.root} has no tagged faces for a tag query: run `curate tag` first")
+    return [
+        face for face, labels in zip(table["face_id"].to_pylist(), table["labels"].to_pylist(), strict=True)
+        if wanted <= set(labels or ())
+    ]  # fmt: skip
+
+
+def vote(similarities: np.ndarray, neighbours: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Each row's share of exp(s/τ) weight that its labelled neighbours (1 good, 0 bad) give to good.
+
+    `label` holds 1, 0 or -1 (unlabelled) per face; unlabelled neighbours do not vote. A row with no
+    labelled neighbour gets NaN.
+    """
+    labels = np.where(neighbours >= 0, label[np.maximum(neighbours, 0)], -1)
+    weights = np.exp((similarities - 1.0) / TEMPERATURE) * (labels >= 0)  # shifted: no overflow
+    total = weights.sum(axis=1)
+    good = (weights * (labels == 1)).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, good / total, np.nan)
+
+
+def mean_similarity(
+    similarities: np.ndarray, neighbours: np.ndarray, label: np.ndarray, k: int
+) -> np.ndarray:
+    """With good seeds only: the mean similarity of each row to its k nearest good seeds."""
+    good = np.where(neighbours >= 0, label[np.maximum(neighbours, 0)] == 1, False)
+    scores = np.full(len(similarities), np.nan)
+    for row in range(len(similarities)):
+        picked = similarities[row][good[row]][:k]
+        if len(picked):
+            scores[row] = picked.mean()
+    return scores
+
+
+class Scorer:
+    """Scores every face against the current seeds from one all-vs-all kNN table."""
+
+    def __init__(self, vectors: np.ndarray, k: int):
+        self.k = k
+        # enough neighbours that k labelled ones are usually among them, even when seeds are few
+        self.similarities, self.neighbours, self.index = knn_all(vectors, min(len(vectors), max(4 * k, 64)))
+
+    def scores(self, label: np.ndarray, *, exclude_self: bool = False) -> np.ndarray:
+        similarities, neighbours = self.similarities, self.neighbours
+        if exclude_self:  # leave-one-out: a seed does not vote for itself
+            rows = np.arange(len(neighbours))[:, None]
+            similarities = np.where(neighbours == rows, -np.inf, similarities)
+            neighbours = np.where(neighbours == rows, -1, neighbours)
+        if (label == 0).any():
+            return vote(_top_labelled(similarities, neighbours, label, self.k), neighbours, label)
+        return mean_similarity(similarities, neighbours, label, self.k)
+
+
+def _top_labelled(similarities: np.ndarray, neighbours: np.ndarray, label: np.ndarray, k: int) -> np.ndarray:
+    """Similarities with all but each row's k nearest labelled neighbours masked to −inf."""
+    labelled = np.where(neighbours >= 0, label[np.maximum(neighbours, 0)] >= 0, False)
+    rank = np.cumsum(labelled, axis=1)
+    return np.where(labelled & (rank <= k), similarities, -np.inf)
+
+
+def choose_threshold(
+    loo: np.ndarray, label: np.ndarray, target: float, *, good_only: bool
+) -> tuple[float, float | None]:
+    """(threshold, estimated precision) from the seeds' leave-one-out scores.
+
+    With bad seeds: the lowest cut at which the good share of seeds above it reaches `target`, placed
+    halfway to the next seed below.
+    With good seeds only precision cannot be estimated; the cut keeps `target` of the good seeds.
+    """
+    seeds = (label >= 0) & np.isfinite(loo)
+    if good_only:
+        good = np.sort(loo[seeds & (label == 1)])
+        if not len(good):
+            raise InvalidArgument("no good seed has a neighbour to be scored against")
+        return float(good[math.floor((1 - target) * (len(good) - 1))]), None
+    order = np.argsort(-loo[seeds], kind="stable")
+    scores, labels = loo[seeds][order], label[seeds][order]
+    precision = np.cumsum(labels == 1) / np.arange(1, len(labels) + 1)
+    meeting = np.flatnonzero(precision >= target)
+    if not len(meeting):
+        return float(scores[0]) + 1e-6, None  # nothing reaches it: keep only what beats every seed
+    cut = meeting[-1]
+    # halfway to the next seed's score: the seeds' scores bunch at 0 and 1, and faces fall between
+    below = float(scores[cut + 1]) if cut + 1 < len(scores) else float(scores[cut])
+    return (float(scores[cut]) + below) / 2, float(precision[cut])
+
+
+def filter_faces(workspace: str | Path, options: FilterOptions) -> FilterReport:
+    """Score, mine, threshold and deduplicate every embedded face; write the filter manifest."""
+    ws = Workspace.open(workspace)
+    ids, vectors, model = read_embeddings(ws, options.model)
+    position = {face: row for row, face in enumerate(ids)}
+    label = np.full(len(ids), -1, dtype=np.int8)
+    good, good_extra = _seed_ids(ws, options.good, model)
+    bad, bad_extra = _seed_ids(ws, options.bad, model)
+    good += query_seeds(ws, options.good_query) if options.good_query else []
+    bad += query_seeds(ws, options.bad_query) if options.bad_query else []
+    faces = len(ids)
+    if len(good_extra) or len(bad_extra):  # example images from folders: extra rows, never written out
+        vectors = np.concatenate([vectors, good_extra, bad_extra])
+        label = np.concatenate([label, np.ones(len(good_extra), np.int8), np.zeros(len(bad_extra), np.int8)])
+        extra = [f"example:{n}" for n in range(len(good_extra) + len(bad_extra))]
+        position.update({name: faces + n for n, name in enumerate(extra)})
+        ids = ids + extra
+    unknown = [face for face in good + bad if face not in position]
+    if unknown:
+        raise InvalidArgument(f"{len(unknown)} seeds are not embedded faces: {', '.join(unknown[:8])}")
+    if not good and not len(good_extra):
+        raise InvalidArgument("give at least one good seed (--good or --good-query)")
+    label[[position[f] for f in bad]] = 0
+    label[[position[f] for f in good]] = 1  # a face given as both counts as good
+    seeds = label.copy()
+    scorer = Scorer(vectors, options.k)
+    good_only = not (label == 0).any()
+    for _ in range(options.rounds if not good_only else 0):
+        scores = scorer.scores(label)
+        open_rows = label < 0
+        label[open_rows & (scores >= options.mine_confidence)] = 1
+        label[open_rows & (scores <= 1 - options.mine_confidence)] = 0
+    loo = scorer.scores(seeds, exclude_self=True)
+    if options.threshold is not None:
+        threshold, precision = options.threshold, None
+    else:
+        threshold, precision = choose_threshold(loo, seeds, options.target_precision, good_only=good_only)
+    scores = scorer.scores(label)
+    keep = ((scores >= threshold) | (seeds == 1)) & (seeds != 0)
+    groups = _dedup(ws, ids[:faces], vectors[:faces], options.dedup)
+    rows, reasons = _rows(ws, ids, faces, scores, keep, seeds, label, scorer, groups, model, threshold)
+    params = {
+        "model": model,
+        "k": options.k,
+        "threshold": threshold,
+        "dedup": options.dedup,
+        "rounds": options.rounds,
+        "target_precision": options.target_precision,
+    }
+    writer = PartWriter(ws, FILTER, params)
+    writer.extend(rows)
+    writer.flush(complete=True)
+    return FilterReport(
+        faces=len(ids),
+        good_seeds=int((seeds == 1).sum()),
+        bad_seeds=int((seeds == 0).sum()),
+        mined_good=int(((label == 1) & (seeds < 0)).sum()),
+        mined_bad=int(((label == 0) & (seeds < 0)).sum()),
+        threshold=threshold,
+        estimated_precision=precision,
+        kept=reasons["kept"],
+        reasons=reasons,
+    )
+
+
+@dataclass(frozen=True)
+class DupGroups:
+    keeper: list[int | None]  # per face: None if kept, else the row of its group's keeper
+    group: list[int | None]  # per face: the row of its group's keeper; None when it has no duplicate
+
+
+def _seed_ids(ws: Workspace, given: list[str], model: str) -> tuple[list[str], np.ndarray]:
+    """Face ids as given, and the embeddings of the images in any folder given instead of ids."""
+    ids, folders = [], []
+    for item in given:
+        (folders if Path(item).is_dir() else ids).append(item)
+    if not folders:
+        return ids, np.empty((0, 0), np.float32)
+    from embed.stage import embed_files
+
+    paths = [p for folder in folders for p in sorted(Path(folder).rglob("*")) if p.suffix.lower() in _IMAGES]
+    if not paths:
+        raise InvalidArgument(f"no images in {', '.join(folders)}")
+    return ids, embed_files(ws, model, paths)
+
+
+_IMAGES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"}
+
+
+def _dedup(ws: Workspace, ids: list[str], vectors: np.ndarray, threshold: float | None) -> DupGroups:
+    if threshold is None or len(ids) < 2:
+        return DupGroups([None] * len(ids), [None] * len(ids))
+    similarities, neighbours, _ = knn_all(vectors, min(len(ids), 10))
+    groups = duplicate_groups(similarities, neighbours, threshold)
+    names = ("face_id", "face_x0", "face_x1", "face_y0", "face_y1", "score")
+    crops = read_stage(ws, CROP, columns=list(names[1:]))
+    boxes = {
+        face: (min(x1 - x0, y1 - y0), score or 0.0)
+        for face, x0, x1, y0, y1, score in zip(*(crops[c].to_pylist() for c in names), strict=True)
+        if x0 is not None
+    }
+    sizes = [boxes.get(face, (0.0, 0.0))[0] for face in ids]
+    scores = [boxes.get(face, (0.0, 0.0))[1] for face in ids]
+    keeper = keepers(groups, sizes, scores, ids)
+    members = Counter(groups.tolist())
+    group = [
+        (row if keeper[row] is None else keeper[row]) if members[g] > 1 else None
+        for row, g in enumerate(groups.tolist())
+    ]
+    return DupGroups(keeper, group)
+
+
+def _rows(
+    ws: Workspace,
+    ids: list[str],
+    faces: int,
+    scores: np.ndarray,
+    keep: np.ndarray,
+    seeds: np.ndarray,
+    label: np.ndarray,
+    scorer: Scorer,
+    groups: DupGroups,
+    model: str,
+    threshold: float,
+) -> tuple[list[dict[str, Any]], Counter[str]]:
+    crops = read_stage(ws, CROP, columns=["image_id"])
+    image_of = dict(zip(crops["face_id"].to_pylist(), crops["image_id"].to_pylist(), strict=True))
+    rows, reasons = [], Counter()
+    for row, face in enumerate(ids[:faces]):
+        nearest = [int(n) for n in scorer.neighbours[row] if 0 <= n != row and seeds[n] >= 0][:3]
+        duplicate_of = groups.keeper[row]
+        reason = None
+        if seeds[row] == 0:
+            reason = "bad_seed"
+        elif not keep[row]:
+            reason = "low_score"
+        elif duplicate_of is not None:
+            reason = "duplicate"
+        reasons[reason or "kept"] += 1
+        rows.append(
+            {
+                "face_id": face,
+                "image_id": image_of.get(face, face.rsplit("-", 1)[0]),
+                STATUS: SKIPPED if reason else OK,
+                "error": reason,
+                "message": _message(reason, scores[row], threshold, ids, duplicate_of),
+                "model": model,
+                "score": None if math.isnan(scores[row]) else float(scores[row]),
+                "seed": {1: "good", 0: "bad"}.get(int(seeds[row])),
+                "mined": {1: "good", 0: "bad"}.get(int(label[row])) if seeds[row] < 0 else None,
+                "nearest_seeds": [ids[n] for n in nearest],
+                "dup_group": ids[groups.group[row]] if groups.group[row] is not None else None,
+                "dup_of": ids[duplicate_of] if duplicate_of is not None else None,
+                "keep": reason is None,
+                "filtered_at": now_utc(),
+            }
+        )
+    return rows, reasons
+
+
+def _message(
+    reason: str | None, score: float, threshold: float, ids: list[str], dup: int | None
+) -> str | None:
+    if reason is None:
+        return None
+    if reason == "duplicate" and dup is not None:
+        return f"a near-duplicate of {ids[dup]}"
+    if reason == "bad_seed":
+        return "given as a bad seed"
+    return f"score {score:.3f} < threshold {threshold:.3f}"

@@ -1,0 +1,149 @@
+"""The filter stage on embeddings made to order: the vote, mining, the threshold, dedup, seeds, the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("faiss")
+
+from curate.errors import InvalidArgument
+from curate.manifest import CROP, EMBED, FILTER, TAG, now_utc, read_stage, write_part
+from curate.workspace import Workspace
+from embed.filter import FilterOptions, choose_threshold, filter_faces, vote
+from tests.conftest import REPO
+
+
+def cluster(centre: np.ndarray, count: int, spread: float, rng) -> np.ndarray:
+    """Unit vectors scattered around a unit centre (spread 0.15 in 16-d: cosine about 0.85 to it)."""
+    centre = centre / np.linalg.norm(centre)
+    points = centre + spread * rng.normal(size=(count, len(centre)))
+    return points / np.linalg.norm(points, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def mixed(tmp_path) -> Workspace:
+    """60 'faces' near one centre (good) and 40 elsewhere (bad), plus an exact copy of good-0."""
+    rng = np.random.default_rng(0)
+    dim = 16
+    good = cluster(rng.normal(size=dim), 60, 0.15, rng)
+    bad = np.concatenate(
+        [cluster(rng.normal(size=dim), 20, 0.15, rng), cluster(rng.normal(size=dim), 20, 0.3, rng)]
+    )
+    vectors = np.concatenate([good, bad, good[:1]])
+    names = [f"good{i}" for i in range(60)] + [f"bad{i}" for i in range(40)] + ["copy0"]
+    ws = Workspace.open(tmp_path / "ws")
+    stamp = now_utc()
+    sides = {"good0": 100.0, "copy0": 300.0}  # the copy comes from the larger source
+    write_part(
+        ws,
+        CROP,
+        [
+            {"face_id": f"{n}-0", "image_id": n, "status": "ok", "face_x0": 0.0, "face_y0": 0.0,
+             "face_x1": sides.get(n, 200.0), "face_y1": sides.get(n, 200.0), "score": 1.0,
+             "cropped_at": stamp}
+            for n in names
+        ],
+    )  # fmt: skip
+    write_part(
+        ws,
+        EMBED,
+        [
+            {"face_id": f"{n}-0", "image_id": n, "status": "ok", "model": "test", "embedding": v.tolist(),
+             "embedded_at": stamp}
+            for n, v in zip(names, vectors, strict=True)
+        ],
+    )  # fmt: skip
+    labels = [["solo", "portrait"] if n in ("good1", "good2", "good3") else ["solo"] for n in names]
+    write_part(
+        ws,
+        TAG,
+        [
+            {"face_id": f"{n}-0", "image_id": n, "status": "ok", "labels": tags, "tagged_at": stamp}
+            for n, tags in zip(names, labels, strict=True)
+        ],
+    )  # fmt: skip
+    return ws
+
+
+def rows(ws: Workspace) -> dict[str, dict]:
+    return {r["face_id"]: r for r in read_stage(ws, FILTER).to_pylist()}
+
+
+def precision_recall(result: dict[str, dict]) -> tuple[float, float]:
+    kept = [f for f, r in result.items() if r["keep"]]
+    true = sum(f.startswith(("good", "copy")) for f in kept)
+    return true / len(kept), true / 61
+
+
+def test_few_seeds_filter_the_mix_mine_and_choose_a_threshold(mixed):
+    seeds = FilterOptions(good=[f"good{i}-0" for i in range(5)], bad=[f"bad{i}-0" for i in (0, 1, 2, 20, 21)])
+    report = filter_faces(mixed.root, seeds)
+    result = rows(mixed)
+    assert len(result) == 101 and report.faces == 101
+    assert (
+        report.good_seeds == 5 and report.bad_seeds == 5 and report.mined_good > 20 and report.mined_bad > 10
+    )
+    precision, recall = precision_recall(result)
+    assert precision >= 0.95 and recall >= 0.9, (precision, recall)  # the input is 61% good
+    assert report.estimated_precision is not None and report.estimated_precision >= 0.9
+    assert result["bad0-0"]["error"] == "bad_seed" and result["good0-0"]["seed"] == "good"
+    dropped = [r for r in result.values() if r["error"] == "low_score"]
+    assert dropped and all(r["score"] < report.threshold for r in dropped)
+    assert all(r["nearest_seeds"] for r in result.values())
+
+
+def test_near_duplicates_keep_the_larger_source(mixed):
+    filter_faces(mixed.root, FilterOptions(good=["good1-0"], bad=["bad1-0"], threshold=0.5))
+    result = rows(mixed)
+    assert result["good0-0"]["dup_of"] == "copy0-0" and result["good0-0"]["error"] == "duplicate"
+    assert result["copy0-0"]["keep"] and result["copy0-0"]["dup_group"] == "copy0-0"
+    assert (
+        result["good0-0"]["dup_group"] == "copy0-0"
+        and "near-duplicate of copy0-0" in result["good0-0"]["message"]
+    )
+    assert sum(r["dup_of"] is not None for r in result.values()) == 1
+    filter_faces(mixed.root, FilterOptions(good=["good1-0"], bad=["bad1-0"], threshold=0.5, dedup=None))
+    assert rows(mixed)["good0-0"]["keep"]
+
+
+def test_good_seeds_only_and_tag_queries(mixed):
+    report = filter_faces(mixed.root, FilterOptions(good_query="solo portrait", target_precision=0.9))
+    assert report.good_seeds == 3 and report.bad_seeds == 0 and report.estimated_precision is None
+    precision, _ = precision_recall(rows(mixed))
+    assert precision >= 0.9
+
+
+def test_vote_and_threshold_by_hand():
+    label = np.array([1, 0, -1, 1])
+    neighbours = np.array([[2, 0, 1], [2, 3, -1]])
+    similarities = np.array([[1.0, 0.9, 0.8], [1.0, 0.7, 0.0]])
+    scores = vote(similarities, neighbours, label)
+    w_good, w_bad = np.exp((0.9 - 1) / 0.07), np.exp((0.8 - 1) / 0.07)
+    assert scores[0] == pytest.approx(w_good / (w_good + w_bad)) and scores[1] == pytest.approx(1.0)
+
+    loo = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    seeds = np.array([1, 1, 0, 1, 0])
+    # precision from the top: 1, 1, 2/3, 3/4, 3/5: the lowest cut at ≥ 0.75 keeps 0.6, drops 0.5
+    assert choose_threshold(loo, seeds, 0.75, good_only=False) == (pytest.approx(0.55), pytest.approx(0.75))
+    assert choose_threshold(loo[[0, 1, 3]], np.array([1, 1, 1]), 0.5, good_only=True)[0] == pytest.approx(0.8)
+
+
+def test_bad_seeds_are_clear_errors(mixed):
+    with pytest.raises(InvalidArgument, match="not embedded faces: nobody"):
+        filter_faces(mixed.root, FilterOptions(good=["nobody"]))
+    with pytest.raises(InvalidArgument, match="at least one good seed"):
+        filter_faces(mixed.root, FilterOptions(bad=["bad1-0"]))
+
+
+def test_cli(mixed):
+    command = [
+        sys.executable, "-m", "curate", "filter", "-w", str(mixed.root), "--good", "good1-0,good2-0",
+        "--good", "good3-0", "--bad", "bad1-0,bad2-0,bad21-0",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert "of 101 faces kept; seeds 3 good, 3 bad" in done.stdout and "dropped 1: duplicate" in done.stdout
