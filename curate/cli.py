@@ -723,6 +723,12 @@ def filter_command(
     for reason, count in report.reasons.most_common():
         if reason != "kept":
             out.print(f"  dropped {count:,}: {reason}", highlight=False)
+    if report.collapsed:
+        err.print(
+            f"[yellow]warning:[/yellow] faces are {report.nearest_similarity:.3f} alike to their nearest "
+            "neighbour (median): the embedding barely tells them apart, so votes and duplicates mean "
+            "little. Train it longer (`curate embed --epochs`) or use --features timm:<name>."
+        )
 
 
 labels_app = typer.Typer(help="Tag statistics and the label vocabulary training uses.", no_args_is_help=True)

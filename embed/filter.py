@@ -26,6 +26,7 @@ from embed.index import knn_all
 from embed.stage import read_embeddings
 
 TEMPERATURE = 0.07  # of the vote's weights exp(similarity / τ), as instance discrimination's softmax
+COLLAPSED = 0.97  # a median nearest-neighbour similarity this high: the embedding has not separated faces
 
 
 @dataclass
@@ -54,6 +55,13 @@ class FilterReport:
     estimated_precision: float | None
     kept: int
     reasons: Counter[str] = field(default_factory=Counter)
+    # the median similarity of a face to its nearest other face: near 1, the embedding tells faces
+    # apart too little for the vote or for dedup to mean much (train it longer)
+    nearest_similarity: float = 0.0
+
+    @property
+    def collapsed(self) -> bool:
+        return self.nearest_similarity >= COLLAPSED
 
 
 def query_seeds(ws: Workspace, query: str) -> list[str]:
@@ -135,7 +143,9 @@ def choose_threshold(
     if good_only:
         good = np.sort(loo[seeds & (label == 1)])
         if not len(good):
-            raise InvalidArgument("no good seed has a neighbour to be scored against")
+            raise InvalidArgument(
+                "one good seed cannot choose a threshold: give more, bad seeds, or --threshold"
+            )
         return float(good[math.floor((1 - target) * (len(good) - 1))]), None
     order = np.argsort(-loo[seeds], kind="stable")
     scores, labels = loo[seeds][order], label[seeds][order]
@@ -211,7 +221,16 @@ def filter_faces(workspace: str | Path, options: FilterOptions) -> FilterReport:
         estimated_precision=precision,
         kept=reasons["kept"],
         reasons=reasons,
+        nearest_similarity=_nearest_similarity(scorer, faces),
     )
+
+
+def _nearest_similarity(scorer: Scorer, faces: int) -> float:
+    """Median over faces of the similarity to the nearest other face."""
+    others = np.where(
+        scorer.neighbours[:faces] == np.arange(faces)[:, None], -np.inf, scorer.similarities[:faces]
+    )
+    return float(np.median(others.max(axis=1))) if faces > 1 else 0.0
 
 
 @dataclass(frozen=True)

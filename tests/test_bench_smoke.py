@@ -51,3 +51,9 @@ def test_tag_benchmark_prints_one_json_line_of_figures(fixtures):
     assert figures["bench"] == "tag" and figures["faces"] == 24 and figures["rows_ok"] == 24
     for key in ("stage_images_per_s", "bare_forward_images_per_s", "batch1_loop_images_per_s"):
         assert figures[key] > 0, key
+
+
+def test_knn_benchmark_prints_one_json_line_of_figures():
+    figures = run_quick("knn.py")
+    assert figures["bench"] == "knn" and figures["vectors"] == 20_000
+    assert figures["recall_at_k"] >= 0.95 and figures["index"]["kind"] == "ivf"

@@ -94,6 +94,30 @@ def test_few_seeds_filter_the_mix_mine_and_choose_a_threshold(mixed):
     dropped = [r for r in result.values() if r["error"] == "low_score"]
     assert dropped and all(r["score"] < report.threshold for r in dropped)
     assert all(r["nearest_seeds"] for r in result.values())
+    assert 0.5 < report.nearest_similarity < 0.97 and not report.collapsed
+
+
+def test_a_collapsed_embedding_is_reported(tmp_path):
+    ws = Workspace.open(tmp_path / "ws")
+    rng = np.random.default_rng(1)
+    vectors = cluster(rng.normal(size=8), 30, 0.01, rng)  # everything nearly the same direction
+    stamp = now_utc()
+    write_part(
+        ws,
+        CROP,
+        [{"face_id": f"f{i}", "image_id": f"f{i}", "status": "ok", "cropped_at": stamp} for i in range(30)],
+    )
+    write_part(
+        ws,
+        EMBED,
+        [
+            {"face_id": f"f{i}", "image_id": f"f{i}", "status": "ok", "model": "m", "embedding": v.tolist(),
+             "embedded_at": stamp}
+            for i, v in enumerate(vectors)
+        ],
+    )  # fmt: skip
+    report = filter_faces(ws.root, FilterOptions(good=["f0", "f1"], dedup=None))
+    assert report.collapsed and report.nearest_similarity > 0.99
 
 
 def test_near_duplicates_keep_the_larger_source(mixed):
