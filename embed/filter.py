@@ -22,7 +22,7 @@ from curate.manifest import CROP, FILTER, OK, SKIPPED, STATUS, TAG, PartWriter, 
 from curate.tagnames import canonical_tag
 from curate.workspace import Workspace
 from embed.dedup import duplicate_groups, keepers
-from embed.index import knn_all
+from embed.index import build_index, knn_all
 from embed.stage import read_embeddings
 
 TEMPERATURE = 0.07  # of the vote's weights exp(similarity / τ), as instance discrimination's softmax
@@ -91,43 +91,36 @@ def vote(similarities: np.ndarray, neighbours: np.ndarray, label: np.ndarray) ->
         return np.where(total > 0, good / total, np.nan)
 
 
-def mean_similarity(
-    similarities: np.ndarray, neighbours: np.ndarray, label: np.ndarray, k: int
-) -> np.ndarray:
-    """With good seeds only: the mean similarity of each row to its k nearest good seeds."""
-    good = np.where(neighbours >= 0, label[np.maximum(neighbours, 0)] == 1, False)
-    scores = np.full(len(similarities), np.nan)
-    for row in range(len(similarities)):
-        picked = similarities[row][good[row]][:k]
-        if len(picked):
-            scores[row] = picked.mean()
-    return scores
-
-
 class Scorer:
-    """Scores every face against the current seeds from one all-vs-all kNN table."""
+    """Scores every face by its k nearest labelled faces, searched in an index of the labelled ones."""
 
     def __init__(self, vectors: np.ndarray, k: int):
-        self.k = k
-        # enough neighbours that k labelled ones are usually among them, even when seeds are few
-        self.similarities, self.neighbours, self.index = knn_all(vectors, min(len(vectors), max(4 * k, 64)))
+        self.vectors, self.k = vectors, k
+
+    def nearest(
+        self, label: np.ndarray, k: int, *, exclude_self: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, rows) of each face's k nearest faces with label ≥ 0; −inf and −1 pad short rows."""
+        labelled = np.flatnonzero(label >= 0)
+        index, _ = build_index(self.vectors[labelled])
+        similarities, found = index.search(self.vectors, min(len(labelled), k + exclude_self))
+        rows = np.where(found >= 0, labelled[np.maximum(found, 0)], -1)
+        similarities = np.where(found >= 0, similarities, -np.inf)
+        if exclude_self:  # leave-one-out: a seed does not vote for itself
+            own = rows == np.arange(len(rows))[:, None]
+            order = np.argsort(own, axis=1, kind="stable")  # its own row, if found, moves to the end
+            rows = np.take_along_axis(np.where(own, -1, rows), order, axis=1)[:, :k]
+            similarities = np.take_along_axis(np.where(own, -np.inf, similarities), order, axis=1)[:, :k]
+        return similarities, rows
 
     def scores(self, label: np.ndarray, *, exclude_self: bool = False) -> np.ndarray:
-        similarities, neighbours = self.similarities, self.neighbours
-        if exclude_self:  # leave-one-out: a seed does not vote for itself
-            rows = np.arange(len(neighbours))[:, None]
-            similarities = np.where(neighbours == rows, -np.inf, similarities)
-            neighbours = np.where(neighbours == rows, -1, neighbours)
+        """The vote of the k nearest labelled faces; with no bad label, their mean similarity."""
+        similarities, rows = self.nearest(label, self.k, exclude_self=exclude_self)
         if (label == 0).any():
-            return vote(_top_labelled(similarities, neighbours, label, self.k), neighbours, label)
-        return mean_similarity(similarities, neighbours, label, self.k)
-
-
-def _top_labelled(similarities: np.ndarray, neighbours: np.ndarray, label: np.ndarray, k: int) -> np.ndarray:
-    """Similarities with all but each row's k nearest labelled neighbours masked to −inf."""
-    labelled = np.where(neighbours >= 0, label[np.maximum(neighbours, 0)] >= 0, False)
-    rank = np.cumsum(labelled, axis=1)
-    return np.where(labelled & (rank <= k), similarities, -np.inf)
+            return vote(similarities, rows, label)
+        valid = rows >= 0
+        with np.errstate(invalid="ignore"):
+            return np.where(valid, similarities, 0).sum(axis=1) / valid.sum(axis=1)
 
 
 def choose_threshold(
@@ -185,6 +178,7 @@ def filter_faces(workspace: str | Path, options: FilterOptions) -> FilterReport:
     label[[position[f] for f in good]] = 1  # a face given as both counts as good
     seeds = label.copy()
     scorer = Scorer(vectors, options.k)
+    near_all, neighbours_all, _ = knn_all(vectors[:faces], min(faces, 10))
     good_only = not (label == 0).any()
     for _ in range(options.rounds if not good_only else 0):
         scores = scorer.scores(label)
@@ -198,8 +192,9 @@ def filter_faces(workspace: str | Path, options: FilterOptions) -> FilterReport:
         threshold, precision = choose_threshold(loo, seeds, options.target_precision, good_only=good_only)
     scores = scorer.scores(label)
     keep = ((scores >= threshold) | (seeds == 1)) & (seeds != 0)
-    groups = _dedup(ws, ids[:faces], vectors[:faces], options.dedup)
-    rows, reasons = _rows(ws, ids, faces, scores, keep, seeds, label, scorer, groups, model, threshold)
+    groups = _dedup(ws, ids[:faces], near_all, neighbours_all, options.dedup)
+    _, nearest_seeds = scorer.nearest(seeds, 3, exclude_self=True)
+    rows, reasons = _rows(ws, ids, faces, scores, keep, seeds, label, nearest_seeds, groups, model, threshold)
     params = {
         "model": model,
         "k": options.k,
@@ -212,7 +207,7 @@ def filter_faces(workspace: str | Path, options: FilterOptions) -> FilterReport:
     writer.extend(rows)
     writer.flush(complete=True)
     return FilterReport(
-        faces=len(ids),
+        faces=faces,
         good_seeds=int((seeds == 1).sum()),
         bad_seeds=int((seeds == 0).sum()),
         mined_good=int(((label == 1) & (seeds < 0)).sum()),
@@ -221,16 +216,14 @@ def filter_faces(workspace: str | Path, options: FilterOptions) -> FilterReport:
         estimated_precision=precision,
         kept=reasons["kept"],
         reasons=reasons,
-        nearest_similarity=_nearest_similarity(scorer, faces),
+        nearest_similarity=_nearest_similarity(near_all, neighbours_all),
     )
 
 
-def _nearest_similarity(scorer: Scorer, faces: int) -> float:
+def _nearest_similarity(similarities: np.ndarray, neighbours: np.ndarray) -> float:
     """Median over faces of the similarity to the nearest other face."""
-    others = np.where(
-        scorer.neighbours[:faces] == np.arange(faces)[:, None], -np.inf, scorer.similarities[:faces]
-    )
-    return float(np.median(others.max(axis=1))) if faces > 1 else 0.0
+    others = np.where(neighbours == np.arange(len(neighbours))[:, None], -np.inf, similarities)
+    return float(np.median(others.max(axis=1))) if len(neighbours) > 1 else 0.0
 
 
 @dataclass(frozen=True)
@@ -257,10 +250,11 @@ def _seed_ids(ws: Workspace, given: list[str], model: str) -> tuple[list[str], n
 _IMAGES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"}
 
 
-def _dedup(ws: Workspace, ids: list[str], vectors: np.ndarray, threshold: float | None) -> DupGroups:
+def _dedup(
+    ws: Workspace, ids: list[str], similarities: np.ndarray, neighbours: np.ndarray, threshold: float | None
+) -> DupGroups:
     if threshold is None or len(ids) < 2:
         return DupGroups([None] * len(ids), [None] * len(ids))
-    similarities, neighbours, _ = knn_all(vectors, min(len(ids), 10))
     groups = duplicate_groups(similarities, neighbours, threshold)
     names = ("face_id", "face_x0", "face_x1", "face_y0", "face_y1", "score")
     crops = read_stage(ws, CROP, columns=list(names[1:]))
@@ -288,7 +282,7 @@ def _rows(
     keep: np.ndarray,
     seeds: np.ndarray,
     label: np.ndarray,
-    scorer: Scorer,
+    nearest_seeds: np.ndarray,
     groups: DupGroups,
     model: str,
     threshold: float,
@@ -297,7 +291,7 @@ def _rows(
     image_of = dict(zip(crops["face_id"].to_pylist(), crops["image_id"].to_pylist(), strict=True))
     rows, reasons = [], Counter()
     for row, face in enumerate(ids[:faces]):
-        nearest = [int(n) for n in scorer.neighbours[row] if 0 <= n != row and seeds[n] >= 0][:3]
+        nearest = [int(n) for n in nearest_seeds[row] if n >= 0]
         duplicate_of = groups.keeper[row]
         reason = None
         if seeds[row] == 0:
