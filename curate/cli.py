@@ -658,6 +658,12 @@ def embed(
             f"  index: {info.kind} over {info.vectors:,} × {info.dim}{detail}, "
             f"recall@{info.k} {info.recall_at_k:.3f}"
         )
+    if report.knn is not None:
+        knn = report.knn
+        out.print(
+            f"  tags by weighted kNN on {knn.held_out:,} held-out faces: mAP {knn.map:.3f} over "
+            f"{knn.labels} labels (chance {knn.chance:.3f})"
+        )
 
 
 @app.command("filter")

@@ -23,6 +23,7 @@ from curate.manifest import CROP, EMBED, FAILED, OK, STATUS, PartWriter, now_utc
 from curate.progress import StageProgress
 from curate.shard import Shard
 from curate.workspace import Workspace
+from embed.evaluate import KnnLabelReport, knn_label_map
 from embed.index import IndexInfo, build_index, tune_recall
 from embed.train import (
     CHECKPOINT,
@@ -57,6 +58,7 @@ class EmbedReport:
     outcomes: Counter[tuple[str, str | None]] = field(default_factory=Counter)
     training: EmbedTrainResult | None = None
     index: IndexInfo | None = None
+    knn: KnnLabelReport | None = None  # held-out weighted-kNN mAP of the tags, when faces have tags
     seconds: float = 0.0
 
 
@@ -97,6 +99,8 @@ def embed_faces(workspace: str | Path, options: EmbedOptions | None = None) -> E
         network, size = _network(folder, options)
         _extract(ws, todo, network, size, model_name, options, report)
     report.index = rebuild_index(ws, model_name, options.index)
+    ids, vectors, _ = read_embeddings(ws, model_name)
+    report.knn = knn_label_map(ws, ids, vectors)
     return report
 
 
