@@ -2,8 +2,9 @@
 
 Following EDITH: a face's goodness is a similarity-weighted vote of its k nearest seeds in the
 embedding (good seeds vote 1, bad seeds 0), and the good set grows over a few rounds by taking in the
-faces the vote is confident about. The threshold is given, or chosen by leave-one-out over the seeds
-so that the estimated precision meets a target.
+faces the vote is confident about (with good seeds only: the faces at least as near them as the median
+seed is to the others). The threshold is given, or chosen by leave-one-out over the seeds so that the
+estimated precision meets a target.
 """
 
 from __future__ import annotations
@@ -180,12 +181,17 @@ def filter_faces(workspace: str | Path, options: FilterOptions) -> FilterReport:
     scorer = Scorer(vectors, options.k)
     near_all, neighbours_all, _ = knn_all(vectors[:faces], min(faces, 10))
     good_only = not (label == 0).any()
-    for _ in range(options.rounds if not good_only else 0):
+    loo = scorer.scores(seeds, exclude_self=True)
+    # with good seeds only, "sure" means at least as near the seeds as the typical seed is to the others
+    sure = float(np.nanmedian(loo[seeds == 1])) if good_only and (seeds == 1).sum() > 1 else None
+    for _ in range(options.rounds):
         scores = scorer.scores(label)
         open_rows = label < 0
-        label[open_rows & (scores >= options.mine_confidence)] = 1
-        label[open_rows & (scores <= 1 - options.mine_confidence)] = 0
-    loo = scorer.scores(seeds, exclude_self=True)
+        if not good_only:
+            label[open_rows & (scores >= options.mine_confidence)] = 1
+            label[open_rows & (scores <= 1 - options.mine_confidence)] = 0
+        elif sure is not None:
+            label[open_rows & (scores >= sure)] = 1
     if options.threshold is not None:
         threshold, precision = options.threshold, None
     else:

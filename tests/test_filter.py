@@ -137,6 +137,7 @@ def test_near_duplicates_keep_the_larger_source(mixed):
 def test_good_seeds_only_and_tag_queries(mixed):
     report = filter_faces(mixed.root, FilterOptions(good_query="solo portrait", target_precision=0.9))
     assert report.good_seeds == 3 and report.bad_seeds == 0 and report.estimated_precision is None
+    assert report.mined_good > 10 and report.mined_bad == 0
     precision, _ = precision_recall(rows(mixed))
     assert precision >= 0.9
 
