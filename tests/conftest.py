@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+from collections.abc import Iterable, Mapping
 
 # No model hub may be reached from tests; set before anything could import a hub client.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -81,3 +84,23 @@ def options_for(booru, **overrides):
         **overrides,
     }
     return CrawlOptions(**settings)
+
+
+def cascade_workspace(
+    fixtures: Path, root: Path, names: Iterable[str], sidecars: Mapping[str, dict] | None = None
+) -> Workspace:
+    """A workspace of some face fixtures (with booru JSON sidecars if given), ingested and cascade-cropped."""
+    from crawl.local import ingest_folder
+    from detect.crop import CropOptions, DetectorSpec, crop_images
+
+    folder = root / "faces"
+    folder.mkdir(parents=True)
+    for name in names:
+        shutil.copy(fixtures / "images" / "faces" / name, folder / name)
+    for name, sidecar in (sidecars or {}).items():
+        (folder / f"{name}.json").write_text(json.dumps(sidecar), encoding="utf-8")
+    ws = Workspace.open(root / "ws")
+    ingest_folder(folder, ws.root, progress=False)
+    spec = DetectorSpec(model=fixtures / "models" / "lbpcascade_animeface.xml")
+    crop_images(ws.root, CropOptions(detector=spec, progress=False, workers=1))
+    return ws

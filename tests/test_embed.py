@@ -14,12 +14,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("faiss")
 
-from crawl.local import ingest_folder  # noqa: E402
 from curate.errors import InvalidArgument, ModelError  # noqa: E402
 from curate.manifest import CROP, EMBED, part_files, part_metadata, read_stage  # noqa: E402
 from curate.shard import Shard  # noqa: E402
 from curate.workspace import Workspace  # noqa: E402
-from detect.crop import CropOptions, DetectorSpec, crop_images  # noqa: E402
 from embed.stage import INDEX_FILE, INDEX_IDS, INDEX_INFO, EmbedOptions, embed_faces  # noqa: E402
 from embed.train import (  # noqa: E402
     EmbedTrainOptions,
@@ -28,7 +26,7 @@ from embed.train import (  # noqa: E402
     train_embedding,
     training_transform,
 )
-from tests.conftest import REPO  # noqa: E402
+from tests.conftest import REPO, cascade_workspace  # noqa: E402
 
 IMAGES = (
     "bizarre___samples_megumin.png",
@@ -47,16 +45,7 @@ FAST = {"backbone": "test_resnet", "dim": 16, "size": 48, "batch_size": 4, "devi
 
 @pytest.fixture(scope="module")
 def workspace(fixtures, tmp_path_factory) -> Workspace:
-    root = tmp_path_factory.mktemp("embed")
-    folder = root / "faces"
-    folder.mkdir()
-    for name in IMAGES:
-        shutil.copy(fixtures / "images" / "faces" / name, folder / name)
-    ws = Workspace.open(root / "ws")
-    ingest_folder(folder, ws.root, progress=False)
-    spec = DetectorSpec(model=fixtures / "models" / "lbpcascade_animeface.xml")
-    crop_images(ws.root, CropOptions(detector=spec, progress=False, workers=1))
-    return ws
+    return cascade_workspace(fixtures, tmp_path_factory.mktemp("embed"), IMAGES)
 
 
 def crop_paths(ws: Workspace) -> list[Path]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,15 +13,13 @@ from PIL import Image
 pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
-from crawl.local import ingest_folder
 from curate.errors import InvalidArgument
 from curate.manifest import CRAWL, CROP, part_files, part_metadata, read_stage
 from curate.workspace import Workspace
 from detect.boxes import Box
 from detect.coco import CocoImage, load_coco, write_coco
-from detect.crop import CropOptions, DetectorSpec, crop_images
 from detect.finetune import PSEUDO_LABELS, DetectTrainOptions, detect_train, pseudo_labels, split
-from tests.conftest import REPO
+from tests.conftest import REPO, cascade_workspace
 
 # Cascade level weights of their faces with the default settings: 2.31; 3.73; 4.24 and 3.63; 4.94 and 0.58
 # (a doubtful second box); and no face at all.
@@ -39,16 +36,7 @@ FAST = {"init": "scratch", "min_size": 96, "max_size": 192, "device": "cpu", "pr
 @pytest.fixture(scope="module")
 def cropped(fixtures, tmp_path_factory) -> Workspace:
     """A few fixtures ingested and cropped with the cascade."""
-    root = tmp_path_factory.mktemp("finetune")
-    folder = root / "faces"
-    folder.mkdir()
-    for name in IMAGES:
-        shutil.copy(fixtures / "images" / "faces" / name, folder / name)
-    ws = Workspace.open(root / "ws")
-    ingest_folder(folder, ws.root, progress=False)
-    spec = DetectorSpec(model=fixtures / "models" / "lbpcascade_animeface.xml")
-    crop_images(ws.root, CropOptions(detector=spec, progress=False, workers=1))
-    return ws
+    return cascade_workspace(fixtures, tmp_path_factory.mktemp("finetune"), IMAGES)
 
 
 def cascade_boxes(ws: Workspace) -> dict[str, list[Box]]:

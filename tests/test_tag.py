@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -13,14 +12,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("timm")
 
-from crawl.local import ingest_folder
 from curate.errors import InvalidArgument
 from curate.manifest import CRAWL, CROP, TAG, part_files, part_metadata, read_stage
 from curate.shard import Shard
 from curate.workspace import Workspace
-from detect.crop import CropOptions, DetectorSpec, crop_images
 from detect.tag import TagOptions, tag_faces
-from tests.conftest import REPO
+from tests.conftest import REPO, cascade_workspace
 from tests.taggers import make_model, probability, save_wd_folder
 
 # one face each (from the crop tests); the first carries a booru sidecar
@@ -33,22 +30,9 @@ def tagger_folder(tmp_path_factory) -> Path:
     return save_wd_folder(make_model(), tmp_path_factory.mktemp("wd") / "tagger")
 
 
-def cropped_workspace(fixtures: Path, root: Path) -> Workspace:
-    folder = root / "faces"
-    folder.mkdir(parents=True)
-    for name in IMAGES:
-        shutil.copy(fixtures / "images" / "faces" / name, folder / name)
-    (folder / f"{IMAGES[0]}.json").write_text(json.dumps(SIDECAR))
-    ws = Workspace.open(root / "ws")
-    ingest_folder(folder, ws.root, progress=False)
-    spec = DetectorSpec(model=fixtures / "models" / "lbpcascade_animeface.xml")
-    crop_images(ws.root, CropOptions(detector=spec, progress=False, workers=1))
-    return ws
-
-
 @pytest.fixture
 def ws(fixtures, tmp_path) -> Workspace:
-    return cropped_workspace(fixtures, tmp_path)
+    return cascade_workspace(fixtures, tmp_path, IMAGES, {IMAGES[0]: SIDECAR})
 
 
 def options(folder: Path, **overrides) -> TagOptions:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +12,9 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("timm")
 
-from crawl.local import ingest_folder
 from curate.errors import InvalidArgument
 from curate.metrics import average_precision, micro_f1
 from curate.workspace import Workspace
-from detect.crop import CropOptions, DetectorSpec, crop_images
 from detect.tag_train import (
     Sample,
     TagTrainOptions,
@@ -27,7 +23,7 @@ from detect.tag_train import (
     train_tagger,
 )
 from detect.tagger import CHARACTER, GENERAL, Tagger, preprocess_files
-from tests.conftest import REPO
+from tests.conftest import REPO, cascade_workspace
 
 # images with one cascade face each; alternate booru tags give the tagger something to learn
 IMAGES = (
@@ -54,17 +50,8 @@ def sidecar(index: int) -> dict:
 
 @pytest.fixture(scope="module")
 def workspace(fixtures, tmp_path_factory) -> Workspace:
-    root = tmp_path_factory.mktemp("tagtrain")
-    folder = root / "faces"
-    folder.mkdir()
-    for index, name in enumerate(IMAGES):
-        shutil.copy(fixtures / "images" / "faces" / name, folder / name)
-        (folder / f"{name}.json").write_text(json.dumps(sidecar(index)))
-    ws = Workspace.open(root / "ws")
-    ingest_folder(folder, ws.root, progress=False)
-    spec = DetectorSpec(model=fixtures / "models" / "lbpcascade_animeface.xml")
-    crop_images(ws.root, CropOptions(detector=spec, progress=False, workers=1))
-    return ws
+    sidecars = {name: sidecar(index) for index, name in enumerate(IMAGES)}
+    return cascade_workspace(fixtures, tmp_path_factory.mktemp("tagtrain"), IMAGES, sidecars)
 
 
 def options(out: Path, **overrides) -> TagTrainOptions:
