@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate import __version__
+from curate.errors import InvalidArgument
 from curate.workspace import Workspace
 
 OK, SKIPPED, FAILED = "ok", "skipped", "failed"
@@ -368,3 +369,25 @@ class PartWriter:
             self.written += len(self.rows)
             self.rows = []
         self._last = time.monotonic()
+
+
+@dataclass(frozen=True)
+class FaceCrop:
+    """A face the crop stage cut out: its id, its original's id, and the crop file in the workspace."""
+
+    face_id: str
+    image_id: str
+    path: str
+
+
+def face_crops(ws: Workspace) -> list[FaceCrop]:
+    """Every face with a crop file (its newest crop row is ok), in manifest order.
+
+    InvalidArgument when the crop stage has not run; an empty list when it found no face.
+    """
+    table = read_stage(ws, CROP, columns=["image_id", STATUS, "path"])
+    if table.num_rows == 0:
+        raise InvalidArgument(f"{ws.root} has no crop manifest yet: run `curate crop` first")
+    table = table.filter(pc.and_(pc.equal(table[STATUS], OK), pc.is_valid(table["path"])))
+    columns = (table[name].to_pylist() for name in ("face_id", "image_id", "path"))
+    return [FaceCrop(*values) for values in zip(*columns, strict=True)]

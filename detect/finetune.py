@@ -8,7 +8,6 @@ The labels used are written as COCO beside the checkpoints, so a run can be insp
 from __future__ import annotations
 
 import math
-import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import pyarrow.compute as pc
 
 from curate.errors import InvalidArgument
 from curate.manifest import CROP, FAILED, STATUS, read_stage
+from curate.shard import held_out
 from curate.workspace import Workspace
 from detect.boxes import Box
 from detect.coco import CocoImage, load_coco, write_coco
@@ -179,8 +179,7 @@ def split(samples: list[CocoImage], val_fraction: float) -> tuple[list[CocoImage
     """(train, validation) by a stable hash of each image's path; no validation under 10 images."""
     if val_fraction <= 0 or len(samples) < 10:
         return list(samples), []
-    cut = round(val_fraction * 1000)
-    held = [zlib.crc32(s.path.name.encode()) % 1000 < cut for s in samples]
+    held = [held_out(s.path.name, val_fraction) for s in samples]
     train = [s for s, h in zip(samples, held, strict=True) if not h]
     val = [s for s, h in zip(samples, held, strict=True) if h]
     return (train, val) if train and val else (list(samples), [])

@@ -16,16 +16,16 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
-from curate.errors import InvalidArgument
 from curate.manifest import (
     BOORU_CATEGORIES,
     CRAWL,
-    CROP,
     FAILED,
     OK,
     STATUS,
     TAG,
+    FaceCrop,
     PartWriter,
+    face_crops,
     now_utc,
     read_stage,
 )
@@ -61,13 +61,6 @@ class TagReport:
     labels: Counter[str] = field(default_factory=Counter)  # tagger labels given this run
     seconds: float = 0.0
     interrupted: bool = False
-
-
-@dataclass(frozen=True)
-class Face:
-    face_id: str
-    image_id: str
-    path: str  # the crop, relative to the workspace
 
 
 def tag_faces(workspace: str | Path, options: TagOptions | None = None) -> TagReport:
@@ -125,22 +118,9 @@ def tag_faces(workspace: str | Path, options: TagOptions | None = None) -> TagRe
     return report
 
 
-def plan_faces(ws: Workspace, options: TagOptions) -> tuple[list[Face], int]:
+def plan_faces(ws: Workspace, options: TagOptions) -> tuple[list[FaceCrop], int]:
     """Cropped faces in this shard not tagged yet, and how many were skipped as done."""
-    crops = read_stage(ws, CROP, columns=["image_id", STATUS, "path"])
-    if crops.num_rows == 0:
-        raise InvalidArgument(f"{ws.root} has no crop manifest yet: run `curate crop` first")
-    crops = crops.filter(pc.and_(pc.equal(crops[STATUS], OK), pc.is_valid(crops["path"])))
-    wanted = [
-        Face(face_id, image_id, path)
-        for face_id, image_id, path in zip(
-            crops["face_id"].to_pylist(),
-            crops["image_id"].to_pylist(),
-            crops["path"].to_pylist(),
-            strict=True,
-        )
-        if face_id in options.shard
-    ]
+    wanted = [face for face in face_crops(ws) if face.face_id in options.shard]
     done: set[str] = set()
     if not options.force:
         tagged = read_stage(ws, TAG, columns=[STATUS])
@@ -165,7 +145,7 @@ def booru_tags(ws: Workspace, image_ids: set[str]) -> dict[str, dict[str, list[s
 
 
 def _tagged_row(
-    face: Face, model: str, prediction: Prediction, booru: dict[str, dict[str, list[str]]]
+    face: FaceCrop, model: str, prediction: Prediction, booru: dict[str, dict[str, list[str]]]
 ) -> dict[str, Any]:
     posts = booru.get(face.image_id, {})
     labels, sources = merge_labels(
@@ -186,11 +166,11 @@ def _tagged_row(
     }
 
 
-def _failed_row(face: Face, model: str, code: str, message: str) -> dict[str, Any]:
+def _failed_row(face: FaceCrop, model: str, code: str, message: str) -> dict[str, Any]:
     return {**_base_row(face, model, FAILED), "error": code, "message": message}
 
 
-def _base_row(face: Face, model: str, status: str) -> dict[str, Any]:
+def _base_row(face: FaceCrop, model: str, status: str) -> dict[str, Any]:
     return {
         "face_id": face.face_id,
         "image_id": face.image_id,

@@ -16,20 +16,19 @@ import math
 import os
 import shutil
 import uuid
-import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.compute as pc
 
 from curate.device import pick_device
 from curate.errors import CurateError, InvalidArgument, ModelError
-from curate.manifest import CROP, OK, STATUS, read_stage
+from curate.manifest import face_crops
 from curate.metrics import average_precision, micro_f1
 from curate.progress import StageProgress
+from curate.shard import held_out
 from curate.tagnames import canonical_tag
 from curate.workspace import Workspace
 from detect.tag import booru_tags, crop_batches
@@ -98,22 +97,20 @@ class Sample:
 
 def training_samples(ws: Workspace) -> tuple[list[Sample], dict[str, int]]:
     """Every cropped face with its post's booru tags, and each tag's category (general or character)."""
-    crops = read_stage(ws, CROP, columns=["image_id", STATUS, "path"])
-    crops = crops.filter(pc.and_(pc.equal(crops[STATUS], OK), pc.is_valid(crops["path"])))
-    if crops.num_rows == 0:
+    crops = face_crops(ws)
+    if not crops:
         raise InvalidArgument(f"{ws.root} has no face crops: run `curate crop` first")
-    rows = crops.to_pylist()
-    booru = booru_tags(ws, {row["image_id"] for row in rows})
+    booru = booru_tags(ws, {crop.image_id for crop in crops})
     categories: dict[str, int] = {}
     samples = []
-    for row in rows:
-        posts = booru.get(row["image_id"], {})
+    for crop in crops:
+        posts = booru.get(crop.image_id, {})
         tags = set()
         for name, category in (("general", GENERAL), ("character", CHARACTER)):
             for tag in map(canonical_tag, posts.get(name, [])):
                 categories.setdefault(tag, category)
                 tags.add(tag)
-        samples.append(Sample(row["face_id"], row["image_id"], row["path"], frozenset(tags)))
+        samples.append(Sample(crop.face_id, crop.image_id, crop.path, frozenset(tags)))
     return samples, categories
 
 
@@ -121,8 +118,7 @@ def split_by_image(samples: list[Sample], fraction: float) -> tuple[list[Sample]
     """(train, held out): faces of one image stay together; nothing is held out under 10 samples."""
     if fraction <= 0 or len(samples) < 10:
         return samples, []
-    cut = round(fraction * 1000)
-    held = [zlib.crc32(s.image_id.encode()) % 1000 < cut for s in samples]
+    held = [held_out(s.image_id, fraction) for s in samples]
     train = [s for s, h in zip(samples, held, strict=True) if not h]
     val = [s for s, h in zip(samples, held, strict=True) if h]
     return (train, val) if train and val else (samples, [])

@@ -7,7 +7,6 @@ average precision of those scores over the labels (a multi-label stand-in for kN
 
 from __future__ import annotations
 
-import zlib
 from collections import Counter
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ import pyarrow.compute as pc
 
 from curate.manifest import OK, STATUS, TAG, read_stage
 from curate.metrics import average_precision
+from curate.shard import held_out as is_held_out
 from curate.workspace import Workspace
 from embed.index import build_index
 
@@ -54,8 +54,7 @@ def knn_label_map(
     if not vocabulary:
         return None
     targets = np.array([[t in tags[ids[r]][1] for t in vocabulary] for r in rows], dtype=np.float32)
-    cut = round(held_out * 1000)
-    is_val = np.array([zlib.crc32(tags[ids[r]][0].encode()) % 1000 < cut for r in rows])
+    is_val = np.array([is_held_out(tags[ids[r]][0], held_out) for r in rows])
     if is_val.all() or not is_val.any():
         return None
     train, val = np.flatnonzero(~is_val), np.flatnonzero(is_val)

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from curate.errors import InvalidArgument, ModelError
-from curate.manifest import CROP, EMBED, FAILED, OK, STATUS, PartWriter, now_utc, read_stage
+from curate.manifest import EMBED, FAILED, OK, STATUS, FaceCrop, PartWriter, face_crops, now_utc, read_stage
 from curate.progress import StageProgress
 from curate.shard import Shard
 from curate.workspace import Workspace
@@ -62,13 +62,6 @@ class EmbedReport:
     seconds: float = 0.0
 
 
-@dataclass(frozen=True)
-class FaceCrop:
-    face_id: str
-    image_id: str
-    path: str
-
-
 def model_dir(ws: Workspace) -> Path:
     return ws.models / "embed"
 
@@ -105,12 +98,10 @@ def embed_faces(workspace: str | Path, options: EmbedOptions | None = None) -> E
 
 
 def all_crops(ws: Workspace) -> list[FaceCrop]:
-    table = read_stage(ws, CROP, columns=["image_id", STATUS, "path"])
-    table = table.filter(pc.and_(pc.equal(table[STATUS], OK), pc.is_valid(table["path"])))
-    if table.num_rows == 0:
+    crops = face_crops(ws)
+    if not crops:
         raise InvalidArgument(f"{ws.root} has no face crops: run `curate crop` first")
-    columns = (table[name].to_pylist() for name in ("face_id", "image_id", "path"))
-    return [FaceCrop(*values) for values in zip(*columns, strict=True)]
+    return crops
 
 
 def _features_name(features: str) -> str:
