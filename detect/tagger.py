@@ -34,8 +34,17 @@ class TagList:
     names: tuple[str, ...]
     categories: np.ndarray  # int, one per name
 
+    def __post_init__(self) -> None:
+        # looked up for every face the tagger reads: computed once here
+        by_category = {int(c): np.flatnonzero(self.categories == c) for c in np.unique(self.categories)}
+        object.__setattr__(self, "_by_category", by_category)
+        object.__setattr__(self, "_not_rating", np.flatnonzero(self.categories != RATING))
+
     def indices(self, category: int) -> np.ndarray:
-        return np.flatnonzero(self.categories == category)
+        return self._by_category.get(category, np.empty(0, dtype=np.int64))
+
+    def not_ratings(self) -> np.ndarray:
+        return self._not_rating
 
 
 def read_selected_tags(path: str | os.PathLike[str]) -> TagList:
@@ -198,7 +207,8 @@ def read_prediction(probs: np.ndarray, tags: TagList, thresholds: Thresholds) ->
     if len(ratings):
         best = ratings[int(np.argmax(probs[ratings]))]
         rating, rating_score = _rating_word(tags.names[best]), float(probs[best])
-    scored_index = np.flatnonzero((probs >= thresholds.floor) & (tags.categories != RATING))
+    scored_index = tags.not_ratings()
+    scored_index = scored_index[probs[scored_index] >= thresholds.floor]
     scored_index = scored_index[np.argsort(-probs[scored_index], kind="stable")]
     return Prediction(
         general=above(GENERAL, thresholds.general),

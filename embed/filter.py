@@ -198,9 +198,12 @@ def filter_faces(workspace: str | Path, options: FilterOptions) -> FilterReport:
         threshold, precision = choose_threshold(loo, seeds, options.target_precision, good_only=good_only)
     scores = scorer.scores(label)
     keep = ((scores >= threshold) | (seeds == 1)) & (seeds != 0)
-    groups = _dedup(ws, ids[:faces], near_all, neighbours_all, options.dedup)
+    crops = _crop_facts(ws)
+    groups = _dedup(crops, ids[:faces], near_all, neighbours_all, options.dedup)
     _, nearest_seeds = scorer.nearest(seeds, 3, exclude_self=True)
-    rows, reasons = _rows(ws, ids, faces, scores, keep, seeds, label, nearest_seeds, groups, model, threshold)
+    rows, reasons = _rows(
+        crops, ids, faces, scores, keep, seeds, label, nearest_seeds, groups, model, threshold
+    )
     params = {
         "model": model,
         "k": options.k,
@@ -256,21 +259,37 @@ def _seed_ids(ws: Workspace, given: list[str], model: str) -> tuple[list[str], n
 _IMAGES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"}
 
 
+@dataclass(frozen=True)
+class CropFacts:
+    """What the crop manifest says of a face that the filter needs."""
+
+    image_id: str
+    side: float  # the face box's shorter side in original pixels: the size of its source
+    score: float  # the detector's
+
+
+def _crop_facts(ws: Workspace) -> dict[str, CropFacts]:
+    names = ("face_id", "image_id", "face_x0", "face_x1", "face_y0", "face_y1", "score")
+    crops = read_stage(ws, CROP, columns=list(names[1:]))
+    return {
+        face: CropFacts(image, min(x1 - x0, y1 - y0) if x0 is not None else 0.0, score or 0.0)
+        for face, image, x0, x1, y0, y1, score in zip(*(crops[c].to_pylist() for c in names), strict=True)
+    }
+
+
 def _dedup(
-    ws: Workspace, ids: list[str], similarities: np.ndarray, neighbours: np.ndarray, threshold: float | None
+    crops: dict[str, CropFacts],
+    ids: list[str],
+    similarities: np.ndarray,
+    neighbours: np.ndarray,
+    threshold: float | None,
 ) -> DupGroups:
     if threshold is None or len(ids) < 2:
         return DupGroups([None] * len(ids), [None] * len(ids))
     groups = duplicate_groups(similarities, neighbours, threshold)
-    names = ("face_id", "face_x0", "face_x1", "face_y0", "face_y1", "score")
-    crops = read_stage(ws, CROP, columns=list(names[1:]))
-    boxes = {
-        face: (min(x1 - x0, y1 - y0), score or 0.0)
-        for face, x0, x1, y0, y1, score in zip(*(crops[c].to_pylist() for c in names), strict=True)
-        if x0 is not None
-    }
-    sizes = [boxes.get(face, (0.0, 0.0))[0] for face in ids]
-    scores = [boxes.get(face, (0.0, 0.0))[1] for face in ids]
+    unknown = CropFacts("", 0.0, 0.0)
+    sizes = [crops.get(face, unknown).side for face in ids]
+    scores = [crops.get(face, unknown).score for face in ids]
     keeper = keepers(groups, sizes, scores, ids)
     members = Counter(groups.tolist())
     group = [
@@ -281,7 +300,7 @@ def _dedup(
 
 
 def _rows(
-    ws: Workspace,
+    crops: dict[str, CropFacts],
     ids: list[str],
     faces: int,
     scores: np.ndarray,
@@ -293,8 +312,6 @@ def _rows(
     model: str,
     threshold: float,
 ) -> tuple[list[dict[str, Any]], Counter[str]]:
-    crops = read_stage(ws, CROP, columns=["image_id"])
-    image_of = dict(zip(crops["face_id"].to_pylist(), crops["image_id"].to_pylist(), strict=True))
     rows, reasons = [], Counter()
     for row, face in enumerate(ids[:faces]):
         nearest = [int(n) for n in nearest_seeds[row] if n >= 0]
@@ -310,7 +327,7 @@ def _rows(
         rows.append(
             {
                 "face_id": face,
-                "image_id": image_of.get(face, face.rsplit("-", 1)[0]),
+                "image_id": crops[face].image_id if face in crops else face.rsplit("-", 1)[0],
                 STATUS: SKIPPED if reason else OK,
                 "error": reason,
                 "message": _message(reason, scores[row], threshold, ids, duplicate_of),

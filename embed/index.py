@@ -136,18 +136,20 @@ def tune_recall(
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
     """Share of the true k nearest neighbours that were found (row by row, order ignored)."""
-    hits = sum(len(set(f[f >= 0]) & set(t[t >= 0])) for f, t in zip(found, truth, strict=True))
-    return hits / max(1, int(np.sum(truth >= 0)))
+    hits, wanted = _hits(found, truth)
+    return float(hits.sum() / max(1, wanted.sum()))
 
 
 def _recalls(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Each query's share of its true neighbours found."""
-    return np.array(
-        [
-            len(set(f[f >= 0]) & set(t[t >= 0])) / max(1, int(np.sum(t >= 0)))
-            for f, t in zip(found, truth, strict=True)
-        ]
-    )
+    hits, wanted = _hits(found, truth)
+    return hits / np.maximum(1, wanted)
+
+
+def _hits(found: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per query: true neighbours found, and true neighbours there are (−1 marks none)."""
+    hits = [len(set(f[f >= 0]) & set(t[t >= 0])) for f, t in zip(found, truth, strict=True)]
+    return np.array(hits), np.sum(truth >= 0, axis=1)
 
 
 def knn_all(

@@ -91,8 +91,8 @@ def embed_faces(workspace: str | Path, options: EmbedOptions | None = None) -> E
     if todo:
         network, size = _network(folder, options)
         _extract(ws, todo, network, size, model_name, options, report)
-    report.index = rebuild_index(ws, model_name, options.index)
     ids, vectors, _ = read_embeddings(ws, model_name)
+    report.index = write_index(ws, model_name, ids, vectors, options.index)
     report.knn = knn_label_map(ws, ids, vectors)
     return report
 
@@ -233,11 +233,12 @@ def read_embeddings(ws: Workspace, model: str | None = None) -> tuple[list[str],
     return table["face_id"].to_pylist(), vectors, model
 
 
-def rebuild_index(ws: Workspace, model: str, kind: str = "auto") -> IndexInfo:
-    """The FAISS index over every face embedded by `model`, written to models/embed/ atomically."""
+def write_index(
+    ws: Workspace, model: str, ids: list[str], vectors: np.ndarray, kind: str = "auto"
+) -> IndexInfo:
+    """The FAISS index over the faces `model` embedded (`ids`, `vectors`), written to models/embed/."""
     import faiss
 
-    ids, vectors, _ = read_embeddings(ws, model)
     index, info = build_index(vectors, kind)
     info = tune_recall(index, info, vectors, k=10)
     folder = model_dir(ws)
