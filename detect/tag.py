@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
+from curate.imagefiles import image_batches
 from curate.manifest import (
     BOORU_CATEGORIES,
     CRAWL,
@@ -29,12 +29,11 @@ from curate.manifest import (
     now_utc,
     read_stage,
 )
-from curate.processes import cpu_count
 from curate.progress import StageProgress
 from curate.shard import Shard
 from curate.tagnames import merge_labels
 from curate.workspace import Workspace
-from detect.tagger import Prediction, Preprocessing, Thresholds, read_prediction
+from detect.tagger import Prediction, Thresholds, read_prediction
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +86,12 @@ def tag_faces(workspace: str | Path, options: TagOptions | None = None) -> TagRe
     completed = False
     with StageProgress("tag", total=len(faces), unit="faces", enabled=options.progress) as progress:
         try:
-            batches = crop_batches(
-                ws.root,
+            batches = image_batches(
                 [face.path for face in faces],
                 tagger.preprocess,
                 batch_size=options.batch_size,
                 workers=options.workers,
+                root=ws.root,
             )
             for indices, batch, errors in batches:
                 probs = tagger.predict(batch) if len(batch) else np.empty((0, len(tagger.tags.names)))
@@ -180,57 +179,3 @@ def _base_row(face: FaceCrop, model: str, status: str) -> dict[str, Any]:
         "model": model,
         "tagged_at": now_utc(),
     }
-
-
-# --- decoding in worker processes (also used by tag-train) ------------------------------------------
-
-
-class CropFiles:
-    """A map-style dataset of image files: index → (index, preprocessed array | None, error, message)."""
-
-    def __init__(self, root: Path, paths: list[str], preprocess: Preprocessing):
-        self.root, self.paths, self.preprocess = root, paths, preprocess
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None, str | None]:
-        from PIL import Image, UnidentifiedImageError
-
-        path = self.root / self.paths[index]
-        try:
-            with Image.open(path) as image:
-                return index, self.preprocess(image), None, None
-        except FileNotFoundError:
-            return index, None, "missing_file", f"{self.paths[index]} is not in the workspace"
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            return index, None, "decode_error", f"{self.paths[index]}: {exc}"
-
-
-def collate_crops(items: list[tuple[int, np.ndarray | None, str | None, str | None]]) -> tuple:
-    """(indices of decoded crops, their N×3×S×S batch, [(index, code, message)] of the failures)."""
-    good = [(i, a) for i, a, _, _ in items if a is not None]
-    batch = np.stack([a for _, a in good]) if good else np.empty((0,))
-    errors = [(i, code, message) for i, a, code, message in items if a is None]
-    return [i for i, _ in good], batch, errors
-
-
-def crop_batches(
-    root: Path, paths: list[str], preprocess: Preprocessing, *, batch_size: int, workers: int | None = None
-) -> Iterator[tuple[list[int], np.ndarray, list[tuple[int, str, str]]]]:
-    """Batches of `paths` in order, decoded ahead of the model by DataLoader workers (none for one batch).
-
-    `workers` defaults to half the CPUs: the model wants the rest.
-    """
-    from torch.utils.data import DataLoader
-
-    workers = workers if workers is not None else max(1, cpu_count() // 2)
-    workers = min(workers, max(0, (len(paths) - 1) // batch_size))
-    loader = DataLoader(
-        CropFiles(root, paths, preprocess),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=collate_crops,
-        prefetch_factor=4 if workers else None,
-    )
-    yield from loader

@@ -25,13 +25,14 @@ import numpy as np
 
 from curate.device import pick_device
 from curate.errors import CurateError, InvalidArgument, ModelError
+from curate.imagefiles import image_batches
 from curate.manifest import face_crops
 from curate.metrics import average_precision, micro_f1
 from curate.progress import StageProgress
 from curate.shard import held_out
 from curate.tagnames import canonical_tag
 from curate.workspace import Workspace
-from detect.tag import booru_tags, crop_batches
+from detect.tag import booru_tags
 from detect.tagger import CHARACTER, GENERAL, Preprocessing
 
 log = logging.getLogger(__name__)
@@ -291,9 +292,9 @@ class _Run:
         step = self.epoch * per_epoch
         self.network.train()
         losses = []
-        batches = crop_batches(
-            root, [train[i].path for i in order], self.preprocess,
-            batch_size=options.batch_size, workers=options.workers,
+        batches = image_batches(
+            [train[i].path for i in order], self.preprocess,
+            batch_size=options.batch_size, workers=options.workers, root=root,
         )  # fmt: skip
         for indices, batch, errors in batches:
             for index, code, message in errors:
@@ -329,9 +330,9 @@ class _Run:
         scores = np.zeros_like(targets)
         seen = np.zeros(len(val), dtype=bool)
         with torch.inference_mode():
-            batches = crop_batches(
-                root, [s.path for s in val], self.preprocess,
-                batch_size=self.options.batch_size, workers=self.options.workers,
+            batches = image_batches(
+                [s.path for s in val], self.preprocess,
+                batch_size=self.options.batch_size, workers=self.options.workers, root=root,
             )  # fmt: skip
             for indices, batch, _ in batches:
                 if len(indices):

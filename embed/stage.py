@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from curate.errors import InvalidArgument, ModelError
+from curate.imagefiles import image_batches
 from curate.manifest import EMBED, FAILED, OK, STATUS, FaceCrop, PartWriter, face_crops, now_utc, read_stage
 from curate.progress import StageProgress
 from curate.shard import Shard
@@ -30,7 +31,6 @@ from embed.train import (
     EmbedTrainOptions,
     EmbedTrainResult,
     eval_transform,
-    loader,
     train_embedding,
 )
 
@@ -172,27 +172,25 @@ def _extract(
     device = next(network.parameters()).device
     params = {"model": model, "size": size, "shard": str(options.shard)}
     writer = PartWriter(ws, EMBED, params, rows_per_part=options.rows_per_part)
-    batches = loader(
-        [ws.root / crop.path for crop in todo],
+    batches = image_batches(
+        [crop.path for crop in todo],
         eval_transform(size),
-        options.train.batch_size,
-        options.train.workers,
+        batch_size=options.train.batch_size,
+        workers=options.train.workers,
+        root=ws.root,
     )
     completed = False
     with StageProgress("embed", total=len(todo), unit="faces", enabled=options.progress) as progress:
         try:
             with torch.inference_mode():
-                for indices, pixels, unreadable in batches:
+                for indices, pixels, errors in batches:
                     rows = []
-                    if len(indices):
+                    if indices:
                         vectors = network(pixels.to(device)).float().cpu().numpy()
-                        for index, vector in zip(indices.tolist(), vectors, strict=True):
+                        for index, vector in zip(indices, vectors, strict=True):
                             rows.append({**_row(todo[index], model, OK), "embedding": vector.tolist()})
-                    for index in unreadable:
-                        rows.append(
-                            {**_row(todo[index], model, FAILED), "error": "decode_error",
-                             "message": f"{todo[index].path} does not decode"}
-                        )  # fmt: skip
+                    for index, code, message in errors:
+                        rows.append({**_row(todo[index], model, FAILED), "error": code, "message": message})
                     writer.extend(rows)
                     report.outcomes.update((row[STATUS], row["error"]) for row in rows)
                     report.faces += len(rows)
@@ -268,10 +266,8 @@ def embed_files(ws: Workspace, model: str, paths: list[Path], *, device: str = "
     network, size = _network(model_dir(ws), settings)
     rows = []
     with torch.inference_mode():
-        for _, pixels, unreadable in loader(paths, eval_transform(size), 32, 0):
-            if unreadable:
-                raise InvalidArgument(
-                    f"{len(unreadable)} example images do not decode, e.g. {paths[unreadable[0]]}"
-                )
+        for _, pixels, errors in image_batches(paths, eval_transform(size), batch_size=32, workers=0):
+            if errors:
+                raise InvalidArgument(f"{len(errors)} example images do not decode, e.g. {errors[0][2]}")
             rows.append(network(pixels.to(next(network.parameters()).device)).float().cpu().numpy())
     return np.concatenate(rows)

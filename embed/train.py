@@ -19,7 +19,7 @@ import numpy as np
 
 from curate.device import pick_device
 from curate.errors import CurateError, InvalidArgument, ModelError
-from curate.processes import cpu_count
+from curate.imagefiles import image_batches
 from curate.progress import StageProgress
 
 log = logging.getLogger(__name__)
@@ -116,50 +116,6 @@ def _float32() -> Any:
     return torch.float32
 
 
-class CropImages:
-    """Map-style dataset of crop files: index → (index, transformed tensor), tensor None if unreadable."""
-
-    def __init__(self, paths: list[Path], transform: Any):
-        self.paths, self.transform = paths, transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[int, Any]:
-        from PIL import Image
-
-        try:
-            with Image.open(self.paths[index]) as image:
-                return index, self.transform(image.convert("RGB"))
-        except (OSError, ValueError):
-            return index, None
-
-
-def collate(items: list[tuple[int, Any]]) -> tuple[Any, Any, list[int]]:
-    """(indices, stacked tensors) of the readable items, and the indices of the unreadable ones."""
-    import torch
-
-    good = [(i, t) for i, t in items if t is not None]
-    indices = torch.tensor([i for i, _ in good], dtype=torch.int64)
-    pixels = torch.stack([t for _, t in good]) if good else torch.empty(0)
-    return indices, pixels, [i for i, t in items if t is None]
-
-
-def loader(paths: list[Path], transform: Any, batch_size: int, workers: int | None, **kwargs: Any) -> Any:
-    from torch.utils.data import DataLoader
-
-    workers = workers if workers is not None else max(1, cpu_count() // 2)
-    workers = min(workers, max(0, (len(paths) - 1) // batch_size))
-    return DataLoader(
-        CropImages(paths, transform),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=collate,
-        prefetch_factor=4 if workers else None,
-        **kwargs,
-    )
-
-
 def train_embedding(paths: list[Path], out: Path, options: EmbedTrainOptions) -> EmbedTrainResult:
     """Train (or go on training) on the crops at `paths`; the checkpoint lands at out/last.pt."""
     import torch
@@ -209,12 +165,15 @@ def train_embedding(paths: list[Path], out: Path, options: EmbedTrainOptions) ->
                 group["lr"] = paper_lr(epoch, options.epochs, options.lr)
             network.train()
             epoch_losses = []
-            for indices, pixels, _ in loader(
-                paths, transform, options.batch_size, options.workers, shuffle=True, generator=order
-            ):
-                if len(indices) == 0:
+            batches = image_batches(
+                paths, transform, batch_size=options.batch_size, workers=options.workers,
+                shuffle=True, generator=order,
+            )  # fmt: skip
+            for indices, pixels, _ in batches:
+                if not indices:
                     continue
-                indices, pixels = indices.to(device), pixels.to(device)
+                indices = torch.tensor(indices, dtype=torch.int64, device=device)
+                pixels = pixels.to(device)
                 features = network(pixels)
                 if full:
                     loss = softmax_loss(features, indices, bank.vectors, options.temperature)
