@@ -57,3 +57,10 @@ def test_knn_benchmark_prints_one_json_line_of_figures():
     figures = run_quick("knn.py")
     assert figures["bench"] == "knn" and figures["vectors"] == 20_000
     assert figures["recall_at_k"] >= 0.95 and figures["index"]["kind"] == "ivf"
+
+
+def test_filter_benchmark_prints_one_json_line_of_figures():
+    figures = run_quick("filter.py")
+    assert figures["bench"] == "filter" and figures["faces"] > 50 and figures["noise"] > 20
+    assert 0 < figures["input_precision"] < 1 and 0 <= figures["kept_recall"] <= 1
+    assert 0 < figures["nearest_similarity"] <= 1.0001
