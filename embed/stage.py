@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
+from curate.distributed import World
 from curate.errors import InvalidArgument, ModelError
 from curate.imagefiles import image_batches
 from curate.manifest import EMBED, FAILED, OK, STATUS, FaceCrop, PartWriter, face_crops, now_utc, read_stage
@@ -78,6 +79,8 @@ def embed_faces(workspace: str | Path, options: EmbedOptions | None = None) -> E
         if options.retrain and options.shard.count == 1:
             paths = [ws.root / crop.path for crop in crops]
             training = train_embedding(paths, folder, options.train)
+            if not World.from_env().main:  # under torchrun the first process embeds; the others are done
+                return EmbedReport(model=model_name, training=training)
         elif not (folder / CHECKPOINT).is_file():
             raise InvalidArgument(
                 f"no embedding model at {folder / CHECKPOINT}: run `curate embed` without --shard first"
@@ -202,8 +205,8 @@ def _extract(
 
 
 def network_dim(network: Any) -> int | None:
-    projection = getattr(network, "projection", None)
-    return int(projection.out_features) if projection is not None else None
+    dim = getattr(network, "dim", None)
+    return int(dim) if dim is not None else None
 
 
 def _row(crop: FaceCrop, model: str, status: str) -> dict[str, Any]:

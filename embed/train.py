@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from curate import distributed
 from curate.device import pick_device
 from curate.errors import CurateError, InvalidArgument, ModelError
 from curate.imagefiles import image_batches
@@ -40,6 +41,7 @@ class EmbedTrainOptions:
     negatives: int = 4096  # NCE noise samples per image; the exact softmax below 2× this many images
     temperature: float = 0.07
     momentum: float = 0.5  # memory bank
+    augment: str = "light"  # "light" keeps colour (hair and eyes tell characters apart); "paper": Wu et al.'s
     device: str = "auto"
     workers: int | None = None
     seed: int = 0
@@ -56,8 +58,17 @@ class EmbedTrainResult:
     full_softmax: bool = False
 
 
+AUGMENTS = ("light", "paper")
+
+
 def build_network(backbone: str, dim: int, *, pretrained: bool = False) -> Any:
-    """A timm backbone (no classifier) and a linear projection to `dim`, output L2-normalised."""
+    """A timm backbone (no classifier), a linear projection to `dim` and BatchNorm, output L2-normalised.
+
+    The BatchNorm centres the projections. Without it a fresh network's features share one large
+    common component (pooled ReLU outputs are all positive), every image starts at cosine ~0.95 to
+    every other, the memory bank fills with that one direction, and on small sets training never
+    escapes it (the bank's mean pairwise cosine stayed at 0.95 after 30 epochs on the fixture mix).
+    """
     import timm
     import torch
     from torch import nn
@@ -65,8 +76,9 @@ def build_network(backbone: str, dim: int, *, pretrained: bool = False) -> Any:
     class EmbeddingNet(nn.Module):
         def __init__(self) -> None:
             super().__init__()
+            self.dim = dim
             self.backbone = timm.create_model(backbone, pretrained=pretrained, num_classes=0)
-            self.projection = nn.Linear(self.backbone.num_features, dim)
+            self.projection = nn.Sequential(nn.Linear(self.backbone.num_features, dim), nn.BatchNorm1d(dim))
 
         def forward(self, pixels: torch.Tensor) -> torch.Tensor:
             return nn.functional.normalize(self.projection(self.backbone(pixels)), dim=1)
@@ -77,17 +89,27 @@ def build_network(backbone: str, dim: int, *, pretrained: bool = False) -> Any:
         raise InvalidArgument(f"--backbone {backbone!r}: {exc}") from None
 
 
-def training_transform(size: int) -> Any:
-    """The paper's augmentations: random resized crop, flip, colour jitter, greyscale."""
+def training_transform(size: int, augment: str = "light") -> Any:
+    """Random resized crop, flip and colour jitter; "paper" adds greyscale and jitters hue and colour hard.
+
+    "light" is the default because colour carries what the filter and the user care about: hair and
+    eye colour tell characters apart, and flat anime palettes tell faces from photos. On the fixture
+    mix the paper's colour augmentations trained an embedding whose 5-NN face/noise accuracy (0.75)
+    was below a random network's (0.83); "light" reached 0.90.
+    """
     from torchvision.transforms import v2
 
+    if augment not in AUGMENTS:
+        raise InvalidArgument(f"--augment {augment!r}: choose one of {', '.join(AUGMENTS)}")
+    paper = augment == "paper"
+    jitter = v2.ColorJitter(0.4, 0.4, 0.4, 0.1) if paper else v2.ColorJitter(0.2, 0.2, 0.1, 0.02)
     return v2.Compose(
         [
             v2.RGB(),
-            v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True),
+            v2.RandomResizedCrop(size, scale=(0.2, 1.0) if paper else (0.5, 1.0), antialias=True),
             v2.RandomHorizontalFlip(),
-            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-            v2.RandomGrayscale(p=0.2),
+            v2.RandomApply([jitter], p=0.8),
+            *([v2.RandomGrayscale(p=0.2)] if paper else []),
             v2.ToImage(),
             v2.ToDtype(_float32(), scale=True),
             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
@@ -127,7 +149,9 @@ def train_embedding(paths: list[Path], out: Path, options: EmbedTrainOptions) ->
     if options.epochs < 1 or options.batch_size < 1 or options.dim < 1:
         raise InvalidArgument("epochs, batch size and dimension must all be at least 1")
     out.mkdir(parents=True, exist_ok=True)
-    device = pick_device(options.device)
+    world, device = distributed.join(pick_device(options.device))
+    if len(paths) < 2 * world.size:
+        raise InvalidArgument(f"{world.size} processes need at least {2 * world.size} face crops to share")
     saved = None if options.force else read_checkpoint(out / CHECKPOINT, missing_ok=True)
     if saved is not None and (saved["backbone"], saved["dim"], saved["images"]) != (
         options.backbone, options.dim, len(paths),
@@ -136,8 +160,13 @@ def train_embedding(paths: list[Path], out: Path, options: EmbedTrainOptions) ->
             f"{out / CHECKPOINT} is a {saved['backbone']} ({saved['dim']}-d) run over "
             f"{saved['images']} crops; --force starts a new one"
         )
-    torch.manual_seed(options.seed)
+    torch.manual_seed(options.seed)  # the same initial network in every process
     network = build_network(options.backbone, options.dim).to(device)
+    model = network
+    if world.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
     bank = MemoryBank(len(paths), options.dim, momentum=options.momentum, seed=options.seed).to(device)
     optimizer = torch.optim.SGD(network.parameters(), lr=options.lr, momentum=0.9, weight_decay=5e-4)
     full = uses_full_softmax(len(paths), options.negatives)
@@ -150,50 +179,77 @@ def train_embedding(paths: list[Path], out: Path, options: EmbedTrainOptions) ->
         nce.z = saved["z"]
         epoch, losses = int(saved["epoch"]), list(saved["losses"])
     resumed_from = epoch
-    per_epoch = math.ceil(len(paths) / options.batch_size)
-    transform = training_transform(options.size)
+    # under torchrun each process takes every world.size-th crop of the epoch's order, cut to a
+    # multiple of world.size so that all take the same number of steps
+    share = len(paths) // world.size
+    per_epoch = math.ceil(share / options.batch_size)
+    transform = training_transform(options.size, options.augment)
     with StageProgress(
         "embed-train",
         total=per_epoch * max(0, options.epochs - epoch),
         unit="steps",
-        enabled=options.progress,
+        enabled=options.progress and world.main,
     ) as bar:
         while epoch < options.epochs:
-            torch.manual_seed(options.seed * 100_003 + epoch)  # this epoch's augmentations and noise
+            # this epoch's order, augmentations and noise; the order is the same in every process
+            torch.manual_seed(options.seed * 100_003 + epoch * 1_009 + world.rank)
             order = torch.Generator().manual_seed(options.seed * 100_003 + epoch)
+            mine = torch.randperm(len(paths), generator=order)[: share * world.size][world.rank :: world.size]
             for group in optimizer.param_groups:
                 group["lr"] = paper_lr(epoch, options.epochs, options.lr)
-            network.train()
+            model.train()
             epoch_losses = []
             batches = image_batches(
                 paths, transform, batch_size=options.batch_size, workers=options.workers,
-                shuffle=True, generator=order,
+                sampler=mine.tolist(), generator=order,
             )  # fmt: skip
             for indices, pixels, _ in batches:
-                if not indices:
+                bar.advance(1)
+                # BatchNorm needs two; a lone remainder is seen in another epoch
+                if distributed.smallest(len(indices), world, device) < 2:
                     continue
                 indices = torch.tensor(indices, dtype=torch.int64, device=device)
-                pixels = pixels.to(device)
-                features = network(pixels)
+                features = model(pixels.to(device))
                 if full:
                     loss = softmax_loss(features, indices, bank.vectors, options.temperature)
                 else:
                     loss = nce(features, indices, bank.vectors)
+                    if world.size > 1 and not epoch_losses and epoch == 0:  # one Z for every process
+                        nce.z = distributed.mean(nce.z, world, device)
                 if not torch.isfinite(loss):
                     raise CurateError("embedding training diverged (a non-finite loss): lower --lr")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                bank.update(indices, features)
+                # every process's bank takes in every process's features, so the banks stay equal
+                bank.update(
+                    distributed.gather_rows(indices, world, options.batch_size),
+                    distributed.gather_rows(features.detach().float(), world, options.batch_size, 0.0),
+                )
                 epoch_losses.append(float(loss.detach()))
-                bar.advance(1)
             epoch += 1
-            losses.append(float(np.mean(epoch_losses)) if epoch_losses else math.nan)
-            _save(out / CHECKPOINT, network, bank, optimizer, nce.z, epoch, losses, len(paths), options)
+            mean_loss = float(np.mean(epoch_losses)) if epoch_losses else math.nan
+            losses.append(distributed.mean(mean_loss, world, device))
+            if world.main:
+                _save(
+                    out / CHECKPOINT,
+                    network,
+                    bank,
+                    optimizer,
+                    nce.z,
+                    epoch,
+                    losses,
+                    len(paths),
+                    options,
+                    world,
+                )
+    distributed.leave(world)
     return EmbedTrainResult(out / CHECKPOINT, epoch, resumed_from, losses, full)
 
 
-def _save(path: Path, network, bank, optimizer, z, epoch, losses, images, options: EmbedTrainOptions) -> None:
+def _save(
+    path: Path, network, bank, optimizer, z, epoch, losses, images, options: EmbedTrainOptions, world
+) -> None:
     import torch
 
     payload = {
@@ -201,6 +257,7 @@ def _save(path: Path, network, bank, optimizer, z, epoch, losses, images, option
         "backbone": options.backbone,
         "dim": options.dim,
         "size": options.size,
+        "augment": options.augment,
         "images": images,
         "model": network.state_dict(),
         "bank": bank.state_dict(),
@@ -209,6 +266,7 @@ def _save(path: Path, network, bank, optimizer, z, epoch, losses, images, option
         "epoch": epoch,
         "losses": losses,
         "seed": options.seed,
+        "processes": world.size,
     }
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:6]}.tmp")
     torch.save(payload, tmp)
@@ -236,6 +294,11 @@ def load_network(path: Path, device: str = "auto") -> tuple[Any, dict[str, Any]]
     """The trained network from a checkpoint, in eval mode, with the checkpoint's settings."""
     saved = read_checkpoint(path)
     network = build_network(saved["backbone"], saved["dim"])
-    network.load_state_dict(saved["model"])
+    try:
+        network.load_state_dict(saved["model"])
+    except RuntimeError as exc:  # a checkpoint from before the projection's BatchNorm, or edited
+        raise ModelError(
+            f"{path} does not fit this curate's embedding network ({exc}); retrain with --force"
+        ) from None
     network.to(pick_device(device)).eval()
     return network, {k: saved[k] for k in ("backbone", "dim", "size", "epoch")}

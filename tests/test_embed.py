@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("faiss")
 
+import embed.nce  # noqa: E402
 from curate.errors import InvalidArgument, ModelError  # noqa: E402
 from curate.manifest import CROP, EMBED, part_files, part_metadata, read_stage  # noqa: E402
 from curate.shard import Shard  # noqa: E402
@@ -174,3 +176,29 @@ def test_cli(workspace, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "embed-train epochs 0 → 1 (exact softmax)" in done.stdout
     assert "index: flat over" in done.stdout and "recall@10 1.000" in done.stdout
+
+
+def test_torchrun_trains_in_two_processes_with_one_bank(workspace, tmp_path):
+    """Two CPU processes (gloo over loopback): the run completes, every crop reaches the bank, and the
+    first process alone writes the checkpoint and the manifest."""
+    ws = tmp_path / "ws"
+    shutil.copytree(workspace.root, ws)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [
+        str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "curate", "embed", "-w", str(ws),
+        "--backbone", "test_resnet", "--dim", "8", "--size", "32", "--epochs", "1", "--batch-size", "5",
+        "--device", "cpu", "--workers", "0", "--quiet",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = torch.load(ws / "models" / "embed" / "last.pt", weights_only=True)
+    crops = crop_paths(Workspace.open(ws))
+    assert saved["processes"] == 2 and saved["epoch"] == 1 and np.isfinite(saved["losses"][0])
+    # in one epoch the two processes took 5 of the 11 crops each in one batch, and the bank the
+    # first process saved holds the features of both halves
+    start = embed.nce.MemoryBank(len(crops), 8, seed=0).vectors
+    moved = (saved["bank"]["vectors"] - start).norm(dim=1) > 1e-3
+    assert int(moved.sum()) == len(crops) // 2 * 2, moved
+    rows = read_stage(Workspace.open(ws), EMBED).to_pylist()
+    assert len(rows) == len(crops) and len({r["face_id"] for r in rows}) == len(rows)
