@@ -594,6 +594,12 @@ def embed(
     batch_size: Annotated[int, typer.Option(min=1, help="Faces per step.")] = 64,
     lr: Annotated[float, typer.Option(min=0, help="SGD learning rate (×0.1 at 60% and 80%).")] = 0.03,
     negatives: Annotated[int, typer.Option(min=1, help="NCE noise samples per face.")] = 4096,
+    augment: Annotated[
+        str,
+        typer.Option(
+            help="light (keeps hair and eye colour) or paper (Wu et al.: greyscale, strong jitter)."
+        ),
+    ] = "light",
     train: Annotated[bool, typer.Option(help="Train (or resume) before embedding.")] = True,
     index: Annotated[str, typer.Option(help="FAISS index: auto, flat, ivf or hnsw.")] = "auto",
     device: Device = "auto",
@@ -621,6 +627,7 @@ def embed(
             batch_size=batch_size,
             lr=lr,
             negatives=negatives,
+            augment=augment,
             device=device,
             workers=workers,
             seed=seed,
@@ -697,6 +704,13 @@ def filter_command(
     dedup: Annotated[
         float, typer.Option(help="Cosine similarity at which faces are near-duplicates; 0 = no dedup.")
     ] = 0.98,
+    dedup_pixels: Annotated[
+        float,
+        typer.Option(
+            help="Correlation of 16-px grey thumbnails that confirms a near-duplicate pair; "
+            "0 = trust the embedding alone."
+        ),
+    ] = 0.8,
 ) -> None:
     """Keep the faces near the good seeds (kNN vote, mined over rounds) and one of each near-duplicate."""
     from embed.filter import FilterOptions, filter_faces
@@ -714,6 +728,7 @@ def filter_command(
         threshold=threshold,
         target_precision=target_precision,
         dedup=dedup or None,
+        dedup_pixels=dedup_pixels or None,
     )
     report = filter_faces(workspace, options)
     estimate = (
@@ -729,6 +744,12 @@ def filter_command(
     for reason, count in report.reasons.most_common():
         if reason != "kept":
             out.print(f"  dropped {count:,}: {reason}", highlight=False)
+    if not report.target_met:
+        err.print(
+            f"[yellow]warning:[/yellow] no threshold reaches precision {target_precision:.2f} on the seeds "
+            "(leave-one-out), so the majority vote (0.5) was used. Give more seeds, seeds nearer the "
+            "boundary, or --threshold."
+        )
     if report.collapsed:
         err.print(
             f"[yellow]warning:[/yellow] faces are {report.nearest_similarity:.3f} alike to their nearest "

@@ -22,11 +22,12 @@ from curate.errors import InvalidArgument
 from curate.manifest import CROP, FILTER, OK, SKIPPED, STATUS, TAG, PartWriter, now_utc, read_stage
 from curate.tagnames import canonical_tag
 from curate.workspace import Workspace
-from embed.dedup import duplicate_groups, keepers
+from embed.dedup import PixelCheck, duplicate_groups, keepers
 from embed.index import build_index, knn_all
 from embed.stage import read_embeddings
 
 TEMPERATURE = 0.07  # of the vote's weights exp(similarity / τ), as instance discrimination's softmax
+MAJORITY = 0.5  # the cut when the seeds cannot vouch for the target precision at any score
 COLLAPSED = 0.97  # a median nearest-neighbour similarity this high: the embedding has not separated faces
 
 
@@ -42,6 +43,7 @@ class FilterOptions:
     threshold: float | None = None  # keep faces scoring ≥ this; None: chosen by leave-one-out
     target_precision: float = 0.9
     dedup: float | None = 0.98  # cosine at which faces are near-duplicates; None: no dedup
+    dedup_pixels: float | None = 0.8  # and the correlation their 16-px grey thumbnails need; None: no check
     model: str | None = None  # which embedding (default the newest)
 
 
@@ -54,6 +56,7 @@ class FilterReport:
     mined_bad: int
     threshold: float
     estimated_precision: float | None
+    target_met: bool  # False: no threshold reached --target-precision on the seeds; the majority vote cut
     kept: int
     reasons: Counter[str] = field(default_factory=Counter)
     # the median similarity of a face to its nearest other face: near 1, the embedding tells faces
@@ -126,11 +129,13 @@ class Scorer:
 
 def choose_threshold(
     loo: np.ndarray, label: np.ndarray, target: float, *, good_only: bool
-) -> tuple[float, float | None]:
-    """(threshold, estimated precision) from the seeds' leave-one-out scores.
+) -> tuple[float, float | None, bool]:
+    """(threshold, estimated precision, whether the target was met) from the seeds' leave-one-out scores.
 
-    With bad seeds: the lowest cut at which the good share of seeds above it reaches `target`, placed
-    halfway to the next seed below.
+    With bad seeds: the lowest cut at which the good share of seeds scoring at least it reaches
+    `target`, placed halfway to the next lower seed score. Seeds with equal scores stand or fall
+    together. When no cut reaches the target, the majority vote (0.5) is the cut and its estimated
+    precision is reported: keeping nothing would help no one, and the caller warns.
     With good seeds only precision cannot be estimated; the cut keeps `target` of the good seeds.
     """
     seeds = (label >= 0) & np.isfinite(loo)
@@ -140,17 +145,20 @@ def choose_threshold(
             raise InvalidArgument(
                 "one good seed cannot choose a threshold: give more, bad seeds, or --threshold"
             )
-        return float(good[math.floor((1 - target) * (len(good) - 1))]), None
-    order = np.argsort(-loo[seeds], kind="stable")
-    scores, labels = loo[seeds][order], label[seeds][order]
-    precision = np.cumsum(labels == 1) / np.arange(1, len(labels) + 1)
+        return float(good[math.floor((1 - target) * (len(good) - 1))]), None, True
+    scores, labels = loo[seeds], label[seeds]
+    cuts = np.unique(scores)[::-1]  # distinct scores, highest first
+    above = scores[None, :] >= cuts[:, None]
+    precision = (above & (labels == 1)).sum(axis=1) / above.sum(axis=1)
     meeting = np.flatnonzero(precision >= target)
     if not len(meeting):
-        return float(scores[0]) + 1e-6, None  # nothing reaches it: keep only what beats every seed
+        majority = scores >= MAJORITY
+        estimate = float((labels[majority] == 1).mean()) if majority.any() else None
+        return MAJORITY, estimate, False
     cut = meeting[-1]
     # halfway to the next seed's score: the seeds' scores bunch at 0 and 1, and faces fall between
-    below = float(scores[cut + 1]) if cut + 1 < len(scores) else float(scores[cut])
-    return (float(scores[cut]) + below) / 2, float(precision[cut])
+    below = float(cuts[cut + 1]) if cut + 1 < len(cuts) else float(cuts[cut])
+    return (float(cuts[cut]) + below) / 2, float(precision[cut]), True
 
 
 def filter_faces(workspace: str | Path, options: FilterOptions) -> FilterReport:
@@ -193,13 +201,15 @@ def filter_faces(workspace: str | Path, options: FilterOptions) -> FilterReport:
         elif sure is not None:
             label[open_rows & (scores >= sure)] = 1
     if options.threshold is not None:
-        threshold, precision = options.threshold, None
+        threshold, precision, met = options.threshold, None, True
     else:
-        threshold, precision = choose_threshold(loo, seeds, options.target_precision, good_only=good_only)
+        threshold, precision, met = choose_threshold(
+            loo, seeds, options.target_precision, good_only=good_only
+        )
     scores = scorer.scores(label)
     keep = ((scores >= threshold) | (seeds == 1)) & (seeds != 0)
     crops = _crop_facts(ws)
-    groups = _dedup(crops, ids[:faces], near_all, neighbours_all, options.dedup)
+    groups = _dedup(ws, crops, ids[:faces], near_all, neighbours_all, options.dedup, options.dedup_pixels)
     _, nearest_seeds = scorer.nearest(seeds, 3, exclude_self=True)
     rows, reasons = _rows(
         crops, ids, faces, scores, keep, seeds, label, nearest_seeds, groups, model, threshold
@@ -209,6 +219,7 @@ def filter_faces(workspace: str | Path, options: FilterOptions) -> FilterReport:
         "k": options.k,
         "threshold": threshold,
         "dedup": options.dedup,
+        "dedup_pixels": options.dedup_pixels,
         "rounds": options.rounds,
         "target_precision": options.target_precision,
     }
@@ -223,6 +234,7 @@ def filter_faces(workspace: str | Path, options: FilterOptions) -> FilterReport:
         mined_bad=int(((label == 0) & (seeds < 0)).sum()),
         threshold=threshold,
         estimated_precision=precision,
+        target_met=met,
         kept=reasons["kept"],
         reasons=reasons,
         nearest_similarity=_nearest_similarity(near_all, neighbours_all),
@@ -266,28 +278,37 @@ class CropFacts:
     image_id: str
     side: float  # the face box's shorter side in original pixels: the size of its source
     score: float  # the detector's
+    path: str | None  # the crop, relative to the workspace
 
 
 def _crop_facts(ws: Workspace) -> dict[str, CropFacts]:
-    names = ("face_id", "image_id", "face_x0", "face_x1", "face_y0", "face_y1", "score")
+    names = ("face_id", "image_id", "face_x0", "face_x1", "face_y0", "face_y1", "score", "path")
     crops = read_stage(ws, CROP, columns=list(names[1:]))
     return {
-        face: CropFacts(image, min(x1 - x0, y1 - y0) if x0 is not None else 0.0, score or 0.0)
-        for face, image, x0, x1, y0, y1, score in zip(*(crops[c].to_pylist() for c in names), strict=True)
+        face: CropFacts(image, min(x1 - x0, y1 - y0) if x0 is not None else 0.0, score or 0.0, path)
+        for face, image, x0, x1, y0, y1, score, path in zip(
+            *(crops[c].to_pylist() for c in names), strict=True
+        )
     }
 
 
 def _dedup(
+    ws: Workspace,
     crops: dict[str, CropFacts],
     ids: list[str],
     similarities: np.ndarray,
     neighbours: np.ndarray,
     threshold: float | None,
+    pixels: float | None,
 ) -> DupGroups:
     if threshold is None or len(ids) < 2:
         return DupGroups([None] * len(ids), [None] * len(ids))
-    groups = duplicate_groups(similarities, neighbours, threshold)
-    unknown = CropFacts("", 0.0, 0.0)
+    unknown = CropFacts("", 0.0, 0.0, None)
+    confirm = None
+    if pixels is not None:
+        paths = [crops.get(face, unknown).path for face in ids]
+        confirm = PixelCheck([ws.root / p if p else None for p in paths], pixels)
+    groups = duplicate_groups(similarities, neighbours, threshold, confirm)
     sizes = [crops.get(face, unknown).side for face in ids]
     scores = [crops.get(face, unknown).score for face in ids]
     keeper = keepers(groups, sizes, scores, ids)

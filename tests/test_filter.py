@@ -121,7 +121,10 @@ def test_a_collapsed_embedding_is_reported(tmp_path):
 
 
 def test_near_duplicates_keep_the_larger_source(mixed):
-    filter_faces(mixed.root, FilterOptions(good=["good1-0"], bad=["bad1-0"], threshold=0.5))
+    # these crops have no pixels: the embedding alone decides (the pixel check is tested on real copies)
+    filter_faces(
+        mixed.root, FilterOptions(good=["good1-0"], bad=["bad1-0"], threshold=0.5, dedup_pixels=None)
+    )
     result = rows(mixed)
     assert result["good0-0"]["dup_of"] == "copy0-0" and result["good0-0"]["error"] == "duplicate"
     assert result["copy0-0"]["keep"] and result["copy0-0"]["dup_group"] == "copy0-0"
@@ -153,8 +156,18 @@ def test_vote_and_threshold_by_hand():
     loo = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
     seeds = np.array([1, 1, 0, 1, 0])
     # precision from the top: 1, 1, 2/3, 3/4, 3/5: the lowest cut at ≥ 0.75 keeps 0.6, drops 0.5
-    assert choose_threshold(loo, seeds, 0.75, good_only=False) == (pytest.approx(0.55), pytest.approx(0.75))
-    assert choose_threshold(loo[[0, 1, 3]], np.array([1, 1, 1]), 0.5, good_only=True)[0] == pytest.approx(0.8)
+    assert choose_threshold(loo, seeds, 0.75, good_only=False) == (
+        pytest.approx(0.55), pytest.approx(0.75), True,
+    )  # fmt: skip
+    assert choose_threshold(loo[[0, 1, 3]], np.array([1, 1, 1]), 0.5, good_only=True)[:2] == (
+        pytest.approx(0.8), None,
+    )  # fmt: skip
+    # equal scores stand or fall together: a good and a bad seed tied at the top are precision 1/2
+    tied, tied_seeds = np.array([1.0, 1.0, 0.9, 0.8]), np.array([1, 0, 1, 1])
+    assert choose_threshold(tied, tied_seeds, 0.75, good_only=False) == (0.8, 0.75, True)
+    # no cut reaches 0.9: the majority vote, with the seeds' precision at it (1 good of 3 at ≥ 0.5)
+    low, low_seeds = np.array([1.0, 1.0, 0.6, 0.4]), np.array([1, 0, 0, 1])
+    assert choose_threshold(low, low_seeds, 0.9, good_only=False) == (0.5, pytest.approx(1 / 3), False)
 
 
 def test_bad_seeds_are_clear_errors(mixed):
@@ -167,8 +180,39 @@ def test_bad_seeds_are_clear_errors(mixed):
 def test_cli(mixed):
     command = [
         sys.executable, "-m", "curate", "filter", "-w", str(mixed.root), "--good", "good1-0,good2-0",
-        "--good", "good3-0", "--bad", "bad1-0,bad2-0,bad21-0",
+        "--good", "good3-0", "--bad", "bad1-0,bad2-0,bad21-0", "--dedup-pixels", "0",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert "of 101 faces kept; seeds 3 good, 3 bad" in done.stdout and "dropped 1: duplicate" in done.stdout
+
+
+def test_the_pixel_check_confirms_copies_only(fixtures, tmp_path):
+    from PIL import Image
+
+    from embed.dedup import PixelCheck
+
+    faces = sorted((fixtures / "images" / "faces").glob("*.jpg"))[:2]
+    with Image.open(faces[0]) as image:
+        original = image.convert("RGB").resize((200, 200))
+    with Image.open(faces[1]) as image:
+        other = image.convert("RGB").resize((200, 200))
+    files = {
+        "original": (original, "PNG"),
+        "jpeg": (original, "JPEG"),
+        "small": (original.resize((90, 90), Image.Resampling.LANCZOS), "PNG"),
+        "other": (other, "PNG"),
+        "white": (Image.new("RGB", (50, 50), "white"), "PNG"),
+        "white2": (Image.new("RGB", (80, 80), (250, 250, 250)), "JPEG"),
+        "black": (Image.new("RGB", (50, 50), "black"), "PNG"),
+    }
+    paths = []
+    for name, (image, kind) in files.items():
+        paths.append(tmp_path / f"{name}.{kind.lower()}")
+        image.save(paths[-1], format=kind, quality=70)
+    paths.append(tmp_path / "missing.png")
+    check = PixelCheck(paths, 0.8)
+    assert check(0, 1) and check(0, 2) and check(1, 2)  # re-encoded and downsized copies
+    assert not check(0, 3) and not check(2, 3)  # another drawing
+    assert check(4, 5) and not check(4, 6) and not check(0, 4)  # blank crops match blank crops of their grey
+    assert not check(0, 7) and not check(7, 7)  # a file that does not open matches nothing
