@@ -828,6 +828,62 @@ def labels_select(
 
 
 @app.command()
+def export(
+    workspace: Workspace = DEFAULT_ROOT / "default",
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="parquet, stylegan (NVlabs zip) or imagefolder.")
+    ] = "parquet",
+    out_dir: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--out", help="Folder to write; default <workspace>/export/<format>."),
+    ] = None,
+    resolution: Annotated[
+        int, typer.Option(min=4, help="Square side in pixels (a power of two for stylegan).")
+    ] = 256,
+    min_score: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(help="Only faces the filter scored at least this."),
+    ] = None,
+    exclude_monochrome: Annotated[bool, typer.Option(help="Leave out greyscale and sketch crops.")] = False,
+    balance: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Equal counts of faces per tag, e.g. '1boy,1girl' (down-sampled)."),
+    ] = None,
+    max_faces: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--max", min=1, help="At most this many faces (a seeded sample)."),
+    ] = None,
+    validation: Annotated[float, typer.Option(help="Share of faces in the validation split.")] = 0.05,
+    seed: Annotated[int, typer.Option(help="Seed of the sampling and the split.")] = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Write the kept faces as Parquet shards, an NVlabs StyleGAN zip or an imagefolder."""
+    from curate.export.select import SelectOptions
+    from curate.export.stage import ExportOptions, export_dataset
+
+    select = SelectOptions(
+        min_score=min_score,
+        exclude_monochrome=exclude_monochrome,
+        balance=[t.strip() for t in (balance or "").split(",") if t.strip()],
+        max_faces=max_faces,
+        validation=validation,
+        seed=seed,
+    )
+    options = ExportOptions(
+        format=format, out=out_dir, resolution=resolution, select=select, progress=not quiet
+    )
+    report = export_dataset(workspace, options)
+    counts = ", ".join(f"{split} {n:,}" for split, n in report.counts.items())
+    if report.unchanged:
+        out.print(f"[bold]export[/bold]: {report.out} is already this export ({counts}); nothing to do")
+        return
+    chosen = "kept by the filter" if report.filtered else "all faces (no filter ran)"
+    out.print(f"[bold]export[/bold]: {counts} faces ({chosen}), {report.labels} labels → {report.out}")
+    for reason, count in sorted(report.dropped.items()):
+        out.print(f"  left out {count:,}: {reason}", highlight=False)
+
+
+@app.command()
 def status(workspace: Workspace = DEFAULT_ROOT / "default") -> None:
     """Rows per stage by status and error code."""
     from curate.status import format_counts, workspace_status

@@ -1,0 +1,1 @@
+"""Export: turn a curated workspace into the datasets people train on (Parquet, NVlabs zip, imagefolder)."""
