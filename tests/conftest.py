@@ -20,6 +20,19 @@ from curate.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("CURATE_FIXTURES", REPO.parent / "shared" / "fixtures"))
+# ten illustrations the cascade finds faces in (eleven crops): a small set for stage tests
+TEN_ILLUSTRATIONS = (
+    "bizarre___samples_megumin.png",
+    "dbregion__code_app2.jpg",
+    "pundo__imgs_1.jpg",
+    "pundo__imgs_3.jpg",
+    "rp__imgs_dsample1.jpg",
+    "rp__imgs_ptutorial5.png",
+    "s2p__V1_images_test_11_.jpg",
+    "s2p__V1_images_test_18_.jpg",
+    "s2p__V1_images_test_22_.jpg",
+    "s2p__V1_images_test_4_.jpg",
+)
 CORRUPT = {
     "danbooru__test_files_jpg_test-blank.jpg",
     "danbooru__test_files_png_empty.png",

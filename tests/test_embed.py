@@ -28,26 +28,14 @@ from embed.train import (  # noqa: E402
     train_embedding,
     training_transform,
 )
-from tests.conftest import REPO, cascade_workspace  # noqa: E402
+from tests.conftest import REPO, TEN_ILLUSTRATIONS, cascade_workspace  # noqa: E402
 
-IMAGES = (
-    "bizarre___samples_megumin.png",
-    "dbregion__code_app2.jpg",
-    "pundo__imgs_1.jpg",
-    "pundo__imgs_3.jpg",
-    "rp__imgs_dsample1.jpg",
-    "rp__imgs_ptutorial5.png",
-    "s2p__V1_images_test_11_.jpg",
-    "s2p__V1_images_test_18_.jpg",
-    "s2p__V1_images_test_22_.jpg",
-    "s2p__V1_images_test_4_.jpg",
-)
 FAST = {"backbone": "test_resnet", "dim": 16, "size": 48, "batch_size": 4, "device": "cpu", "workers": 0}
 
 
 @pytest.fixture(scope="module")
 def workspace(fixtures, tmp_path_factory) -> Workspace:
-    return cascade_workspace(fixtures, tmp_path_factory.mktemp("embed"), IMAGES)
+    return cascade_workspace(fixtures, tmp_path_factory.mktemp("embed"), TEN_ILLUSTRATIONS)
 
 
 def crop_paths(ws: Workspace) -> list[Path]:

@@ -21,27 +21,15 @@ from curate.export.stage import ExportOptions, export_dataset
 from curate.labels import Vocabulary
 from curate.manifest import CROP, FILTER, TAG, now_utc, read_stage, write_part
 from curate.workspace import Workspace
-from tests.conftest import REPO, cascade_workspace
+from tests.conftest import REPO, TEN_ILLUSTRATIONS, cascade_workspace
 
-IMAGES = (
-    "bizarre___samples_megumin.png",
-    "dbregion__code_app2.jpg",
-    "pundo__imgs_1.jpg",
-    "pundo__imgs_3.jpg",
-    "rp__imgs_dsample1.jpg",
-    "rp__imgs_ptutorial5.png",
-    "s2p__V1_images_test_11_.jpg",
-    "s2p__V1_images_test_18_.jpg",
-    "s2p__V1_images_test_22_.jpg",
-    "s2p__V1_images_test_4_.jpg",
-)
 VOCABULARY = ["1girl", "1boy", "smile"]
 
 
 @pytest.fixture(scope="module")
 def base(fixtures, tmp_path_factory) -> Workspace:
     """Cascade crops of ten illustrations; tags alternate 1girl/1boy; the filter dropped two faces."""
-    ws = cascade_workspace(fixtures, tmp_path_factory.mktemp("export"), IMAGES)
+    ws = cascade_workspace(fixtures, tmp_path_factory.mktemp("export"), TEN_ILLUSTRATIONS)
     crops = [r for r in read_stage(ws, CROP).to_pylist() if r["status"] == "ok"]
     stamp = now_utc()
     tags = []
