@@ -883,6 +883,24 @@ def export(
         out.print(f"  left out {count:,}: {reason}", highlight=False)
 
 
+@app.command("run")
+def run_command(
+    config: Annotated[Path, typer.Argument(help="TOML file: the workspace and each stage's options.")],
+    dry_run: Annotated[bool, typer.Option(help="Check the config and print the plan; run nothing.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Run the stages a config names, in order; each skips what is done, so a killed run continues."""
+    from curate.run import plan, run_config
+
+    if dry_run:
+        workspace, steps = plan(config, progress=not quiet)
+        out.print(f"workspace {workspace}")
+        for number, step in enumerate(steps, 1):
+            out.print(f"{number}. [bold]{step.stage}[/bold]: {step.options}", highlight=False)
+        return
+    run_config(config, progress=not quiet, say=lambda line: out.print(line, highlight=False))
+
+
 @app.command()
 def status(workspace: Workspace = DEFAULT_ROOT / "default") -> None:
     """Rows per stage by status and error code."""
