@@ -883,6 +883,15 @@ def export(
         out.print(f"  left out {count:,}: {reason}", highlight=False)
 
 
+@app.command()
+def report(workspace: Workspace = DEFAULT_ROOT / "default", quiet: Quiet = False) -> None:
+    """Write WORKSPACE/report/index.html: the funnel, contact sheets, duplicates, tags, scores, parameters."""
+    from curate.report import build_report
+
+    result = build_report(workspace, progress=not quiet)
+    out.print(f"[bold]report[/bold]: {result.page} ({result.thumbnails:,} thumbnails)")
+
+
 @app.command("run")
 def run_command(
     config: Annotated[Path, typer.Argument(help="TOML file: the workspace and each stage's options.")],

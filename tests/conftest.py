@@ -117,3 +117,35 @@ def cascade_workspace(
     spec = DetectorSpec(model=fixtures / "models" / "lbpcascade_animeface.xml")
     crop_images(ws.root, CropOptions(detector=spec, progress=False, workers=1))
     return ws
+
+
+VOCABULARY = ["1girl", "1boy", "smile"]
+
+
+def curated_workspace(fixtures: Path, root: Path) -> Workspace:
+    """Cascade crops of ten illustrations, tagged 1girl/1boy alternately (smile on every third), a
+    filter that dropped the first two faces (the second as a duplicate of the fourth), and a vocabulary."""
+    from curate.labels import Vocabulary
+    from curate.manifest import CROP, FILTER, TAG, now_utc, read_stage, write_part
+
+    ws = cascade_workspace(fixtures, root, TEN_ILLUSTRATIONS)
+    crops = [r for r in read_stage(ws, CROP).to_pylist() if r["status"] == "ok"]
+    stamp = now_utc()
+    tags, filtered = [], []
+    for n, row in enumerate(crops):
+        labels = ["1girl" if n % 2 == 0 else "1boy"] + (["smile"] if n % 3 == 0 else []) + ["solo"]
+        tags.append(
+            {"face_id": row["face_id"], "image_id": row["image_id"], "status": "ok", "labels": labels,
+             "scored_tags": labels, "scores": [0.9] * len(labels), "tagged_at": stamp}
+        )  # fmt: skip
+        error = {0: "low_score", 1: "duplicate"}.get(n)
+        group = crops[3]["face_id"] if n in (1, 3) else None
+        filtered.append(
+            {"face_id": row["face_id"], "image_id": row["image_id"], "status": "skipped" if error else "ok",
+             "error": error, "score": 0.5 + n / 100, "keep": error is None, "dup_group": group,
+             "dup_of": group if n == 1 else None, "filtered_at": stamp}
+        )  # fmt: skip
+    write_part(ws, TAG, tags)
+    write_part(ws, FILTER, filtered, {"threshold": 0.505})
+    Vocabulary(VOCABULARY, {}, len(crops), {"how": "test"}).write(ws)
+    return ws

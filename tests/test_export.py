@@ -18,40 +18,14 @@ from PIL import Image
 from curate.errors import InvalidArgument
 from curate.export.select import SelectOptions
 from curate.export.stage import ExportOptions, export_dataset
-from curate.labels import Vocabulary
-from curate.manifest import CROP, FILTER, TAG, now_utc, read_stage, write_part
+from curate.manifest import FILTER, TAG, read_stage
 from curate.workspace import Workspace
-from tests.conftest import REPO, TEN_ILLUSTRATIONS, cascade_workspace
-
-VOCABULARY = ["1girl", "1boy", "smile"]
+from tests.conftest import REPO, VOCABULARY, curated_workspace
 
 
 @pytest.fixture(scope="module")
 def base(fixtures, tmp_path_factory) -> Workspace:
-    """Cascade crops of ten illustrations; tags alternate 1girl/1boy; the filter dropped two faces."""
-    ws = cascade_workspace(fixtures, tmp_path_factory.mktemp("export"), TEN_ILLUSTRATIONS)
-    crops = [r for r in read_stage(ws, CROP).to_pylist() if r["status"] == "ok"]
-    stamp = now_utc()
-    tags = []
-    for n, row in enumerate(crops):
-        labels = ["1girl" if n % 2 == 0 else "1boy"] + (["smile"] if n % 3 == 0 else []) + ["solo"]
-        tags.append(
-            {"face_id": row["face_id"], "image_id": row["image_id"], "status": "ok", "labels": labels,
-             "scored_tags": labels, "scores": [0.9] * len(labels), "tagged_at": stamp}
-        )  # fmt: skip
-    write_part(ws, TAG, tags)
-    write_part(
-        ws,
-        FILTER,
-        [
-            {"face_id": row["face_id"], "image_id": row["image_id"], "status": "ok" if n >= 2 else "skipped",
-             "error": None if n >= 2 else "low_score", "score": 0.5 + n / 100, "keep": n >= 2,
-             "filtered_at": stamp}
-            for n, row in enumerate(crops)
-        ],
-    )  # fmt: skip
-    Vocabulary(VOCABULARY, {}, len(crops), {"how": "test"}).write(ws)
-    return ws
+    return curated_workspace(fixtures, tmp_path_factory.mktemp("export"))
 
 
 def kept_faces(ws: Workspace) -> dict[str, list[str]]:
