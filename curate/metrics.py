@@ -26,3 +26,10 @@ def micro_f1(scores: np.ndarray, targets: np.ndarray, threshold: float) -> float
     tp = float(np.sum(predicted & truth))
     denominator = float(np.sum(predicted) + np.sum(truth))
     return 2 * tp / denominator if denominator else 0.0
+
+
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """The chance that a positive outscores a negative, ties counting half (Mann–Whitney)."""
+    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
+    above, beside = scores[positive][:, None], scores[~positive][None, :]
+    return float((above > beside).mean() + 0.5 * (above == beside).mean())

@@ -77,7 +77,9 @@ def embed_faces(workspace: str | Path, options: EmbedOptions | None = None) -> E
     if options.features is None:
         model_name = f"instdisc:{options.train.backbone}"
         if options.retrain and options.shard.count == 1:
-            paths = [ws.root / crop.path for crop in crops]
+            # in face id order, not manifest order (which follows the crop workers' finishing order),
+            # so the same crops always train the same network
+            paths = [ws.root / crop.path for crop in sorted(crops, key=lambda crop: crop.face_id)]
             training = train_embedding(paths, folder, options.train)
             if not World.from_env().main:  # under torchrun the first process embeds; the others are done
                 return EmbedReport(model=model_name, training=training)

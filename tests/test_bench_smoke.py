@@ -61,6 +61,8 @@ def test_knn_benchmark_prints_one_json_line_of_figures():
 
 def test_filter_benchmark_prints_one_json_line_of_figures():
     figures = run_quick("filter.py")
-    assert figures["bench"] == "filter" and figures["faces"] > 50 and figures["noise"] > 20
-    assert 0 < figures["input_precision"] < 1 and 0 <= figures["kept_recall"] <= 1
+    assert figures["bench"] == "filter" and figures["faces"] > 50 and figures["bad"] > 50
+    assert 0 < figures["input_precision"] < 1 and 0 <= figures["chosen_recall"] <= 1
+    found, copies = map(int, figures["copies_found"].split("/"))
+    assert copies >= 12 and 0 <= found <= copies
     assert 0 < figures["nearest_similarity"] <= 1.0001

@@ -216,3 +216,10 @@ def test_the_pixel_check_confirms_copies_only(fixtures, tmp_path):
     assert not check(0, 3) and not check(2, 3)  # another drawing
     assert check(4, 5) and not check(4, 6) and not check(0, 4)  # blank crops match blank crops of their grey
     assert not check(0, 7) and not check(7, 7)  # a file that does not open matches nothing
+
+
+def test_roc_auc_by_hand():
+    from curate.metrics import roc_auc
+
+    # positives 0.9 and 0.5 against negatives 0.5 and 0.1: pairs won 1, 1, ½ (a tie), 1 of 4
+    assert roc_auc(np.array([0.9, 0.5, 0.5, 0.1]), np.array([True, True, False, False])) == 0.875
