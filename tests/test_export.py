@@ -94,6 +94,21 @@ def test_parquet_shards_carry_images_labels_and_provenance(base, tmp_path):
 
     schema = pq.read_schema(out / "data" / "train-00000-of-00001.parquet")
     assert json.loads(schema.metadata[b"curate.vocabulary"]) == VOCABULARY
+    # the datasets library reads its features from here: `image` decodes to a PIL image
+    features = json.loads(schema.metadata[b"huggingface"])["info"]["features"]
+    assert features["image"] == {"_type": "Image"} and features["label_vector"]["length"] == len(VOCABULARY)
+    assert set(features) == set(schema.names)
+
+
+def test_parquet_without_a_vocabulary_reads_back(base, tmp_path):
+    import shutil
+
+    ws = tmp_path / "ws"
+    shutil.copytree(base.root, ws)
+    (ws / "labels.json").unlink()
+    export_dataset(ws, ExportOptions("parquet", tmp_path / "pq", 16, SelectOptions(validation=0.0), False))
+    frame = pd.read_parquet(tmp_path / "pq" / "data")  # a fixed-size list of size 0 would not read back
+    assert len(frame) == len(kept_faces(base)) and all(len(v) == 0 for v in frame["label_vector"])
 
 
 def test_parquet_shards_split_by_size(base, tmp_path, monkeypatch):

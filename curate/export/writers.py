@@ -78,14 +78,32 @@ def parquet_schema(vocabulary: list[str]) -> pa.Schema:
             pa.field("sources", pa.list_(pa.string())),  # posts that stored it: safebooru:6077620 …
             pa.field("urls", pa.list_(pa.string())),
             pa.field("labels", pa.list_(pa.string())),
-            pa.field("label_vector", pa.list_(pa.float32(), len(vocabulary))),  # over vocabulary, in order
+            # over the vocabulary, in its order; a fixed size only when there are labels (pyarrow
+            # and the datasets library cannot read back a fixed-size list of size 0)
+            pa.field("label_vector", pa.list_(pa.float32(), len(vocabulary) or -1)),
             pa.field("tag_names", pa.list_(pa.string())),  # the tagger's stored probabilities
             pa.field("tag_scores", pa.list_(pa.float32())),
             pa.field("filter_score", pa.float32()),
             pa.field("split", pa.string()),
         ],
-        metadata={"curate.vocabulary": json.dumps(vocabulary)},
+        metadata={
+            "curate.vocabulary": json.dumps(vocabulary),
+            "huggingface": json.dumps(_hf_features(vocabulary)),
+        },
     )
+
+
+def _hf_features(vocabulary: list[str]) -> dict:
+    """The datasets library's description of the columns, so its parquet loader decodes `image`."""
+    text, number = {"dtype": "string", "_type": "Value"}, {"dtype": "float32", "_type": "Value"}
+    texts, numbers = {"feature": text, "_type": "Sequence"}, {"feature": number, "_type": "Sequence"}
+    vector = {"feature": number, "length": len(vocabulary) or -1, "_type": "Sequence"}
+    features = {
+        "image": {"_type": "Image"}, "face_id": text, "md5": text, "sources": texts, "urls": texts,
+        "labels": texts, "label_vector": vector, "tag_names": texts, "tag_scores": numbers,
+        "filter_score": number, "split": text,
+    }  # fmt: skip
+    return {"info": {"features": features}}
 
 
 def write_parquet(
