@@ -204,3 +204,18 @@ def test_cli(base, tmp_path):
     assert "faces (kept by the filter), 3 labels" in done.stdout and "left out 2: filtered_out" in done.stdout
     again = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert "already this export" in again.stdout
+
+
+def test_an_unreadable_crop_is_a_clear_error_and_nothing_lands(base, tmp_path):
+    import shutil
+
+    from curate.errors import CurateError
+
+    ws = tmp_path / "ws"
+    shutil.copytree(base.root, ws)
+    face = sorted(kept_faces(base))[0]
+    crop = next(ws.glob(f"crops/*/{face}.png"))
+    crop.write_bytes(b"not a png")
+    with pytest.raises(CurateError, match=f"the crop of {face} .* does not open"):
+        export_dataset(ws, ExportOptions("stylegan", tmp_path / "sg", 16, SelectOptions(), False))
+    assert not (tmp_path / "sg").exists() and not list(tmp_path.glob(".sg.*"))

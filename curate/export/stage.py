@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from curate.errors import InvalidArgument
+from curate.errors import CurateError, InvalidArgument
 from curate.export.card import dataset_card
 from curate.export.select import Selection, SelectOptions, select_samples
 from curate.export.writers import Encoded, write_imagefolder, write_parquet, write_stylegan
@@ -148,10 +148,16 @@ def _encoded(ws: Workspace, selection: Selection, resolution: int, bar: StagePro
     def encode(sample) -> Encoded:
         from PIL import Image
 
-        with Image.open(ws.root / sample.crop) as image:
-            image = image.convert("RGBA")
-            flat = Image.new("RGB", image.size, (255, 255, 255))
-            flat.paste(image, mask=image.getchannel("A"))  # transparency on white, as the tagger sees it
+        try:
+            with Image.open(ws.root / sample.crop) as image:
+                image = image.convert("RGBA")
+                flat = Image.new("RGB", image.size, (255, 255, 255))
+                flat.paste(image, mask=image.getchannel("A"))  # transparency on white, as the tagger sees it
+        except (OSError, ValueError) as exc:  # nothing is written: the export is still a temporary folder
+            raise CurateError(
+                f"the crop of {sample.face_id} ({sample.crop}) does not open: {exc}; "
+                "run `curate crop --force` for its image, or leave it out with the filter"
+            ) from None
         if flat.size != (resolution, resolution):
             flat = flat.resize((resolution, resolution), Image.Resampling.LANCZOS)
         buffer = io.BytesIO()
