@@ -149,9 +149,7 @@ def crawl(
     )
     if report.exhausted:
         out.print("  the board has no more posts for this query")
-    if report.interrupted:
-        err.print("interrupted: what finished is saved; run the same command again to resume")
-        raise typer.Exit(130)
+    _exit_if_interrupted(report.interrupted)
 
 
 @app.command()
@@ -184,9 +182,7 @@ def ingest(
     )
     _print_outcomes(report.outcomes)
     out.print(f"  {report.bytes / 1e6:.1f} MB in {report.seconds:.1f} s")
-    if report.interrupted:
-        err.print("interrupted: what finished is saved; run the same command again to resume")
-        raise typer.Exit(130)
+    _exit_if_interrupted(report.interrupted)
 
 
 class DetectorKind(str, Enum):
@@ -281,9 +277,7 @@ def crop(
     )
     _print_outcomes(report.outcomes)
     out.print(f"  {report.seconds:.1f} s ({report.images / max(report.seconds, 1e-9):.1f} images/s)")
-    if report.interrupted:
-        err.print("interrupted: what finished is saved; run the same command again to resume")
-        raise typer.Exit(130)
+    _exit_if_interrupted(report.interrupted)
 
 
 @app.command("detect-train")
@@ -492,9 +486,7 @@ def tag(
         common = ", ".join(f"{name}: {n}" for name, n in report.labels.most_common(8))
         out.print(f"  most given: {common}", highlight=False)
     out.print(f"  {report.seconds:.1f} s ({report.faces / max(report.seconds, 1e-9):.2f} faces/s)")
-    if report.interrupted:
-        err.print("interrupted: what finished is saved; run the same command again to resume")
-        raise typer.Exit(130)
+    _exit_if_interrupted(report.interrupted)
 
 
 @app.command("tag-train")
@@ -926,6 +918,13 @@ def status(workspace: Workspace = DEFAULT_ROOT / "default") -> None:
         out.print(f"[bold]{counts.stage}[/bold]  {counts.rows:,} rows")
         for line in format_counts(counts):
             out.print(f"  {line}", highlight=False)
+
+
+def _exit_if_interrupted(interrupted: bool) -> None:
+    """A stage stopped by Ctrl-C has saved what finished: say so and exit 130, as shells expect."""
+    if interrupted:
+        err.print("interrupted: what finished is saved; run the same command again to resume")
+        raise typer.Exit(130)
 
 
 def _print_outcomes(outcomes: Counter[tuple[str, str | None]]) -> None:

@@ -146,10 +146,15 @@ def choose_threshold(
                 "one good seed cannot choose a threshold: give more, bad seeds, or --threshold"
             )
         return float(good[math.floor((1 - target) * (len(good) - 1))]), None, True
-    scores, labels = loo[seeds], label[seeds]
-    cuts = np.unique(scores)[::-1]  # distinct scores, highest first
-    above = scores[None, :] >= cuts[:, None]
-    precision = (above & (labels == 1)).sum(axis=1) / above.sum(axis=1)
+    order = np.argsort(-loo[seeds], kind="stable")
+    scores, labels = loo[seeds][order], label[seeds][order]
+    # a cut sits at the end of each run of equal scores, so tied seeds stand or fall together;
+    # sorted once, which matters when a tag query makes tens of thousands of seeds
+    if not len(scores):
+        return MAJORITY, None, False
+    ends = np.flatnonzero(np.append(scores[1:] != scores[:-1], True))
+    cuts = scores[ends]  # distinct scores, highest first
+    precision = np.cumsum(labels == 1)[ends] / (ends + 1)
     meeting = np.flatnonzero(precision >= target)
     if not len(meeting):
         majority = scores >= MAJORITY

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -164,7 +165,14 @@ def _encoded(ws: Workspace, selection: Selection, resolution: int, bar: StagePro
         flat.save(buffer, format="PNG", compress_level=6)
         return sample, buffer.getvalue()
 
-    with ThreadPoolExecutor(max_workers=max(1, cpu_count())) as pool:
-        for item in pool.map(encode, selection.samples):
+    workers = max(1, cpu_count())
+    window: deque = deque()  # a bounded run of images ahead: Executor.map would encode them all at once
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for sample in selection.samples:
+            window.append(pool.submit(encode, sample))
+            if len(window) >= 4 * workers:
+                bar.advance(1)
+                yield window.popleft().result()
+        while window:
             bar.advance(1)
-            yield item
+            yield window.popleft().result()
