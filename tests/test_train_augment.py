@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from curate.errors import InvalidArgument
 from train import augment
@@ -309,7 +310,7 @@ def test_r1_agrees_with_torchs_own_second_derivative_where_it_has_one(monkeypatc
 def test_p_is_a_float32_buffer_saved_in_the_state_dict():
     pipe = AugmentPipe(p=0.25)
     assert pipe.p.dtype == torch.float32 and pipe.p.ndim == 0
-    assert "p" in pipe.state_dict() and pipe.p_value() == 0.25
+    assert set(pipe.state_dict()) == {"p"} and pipe.p_value() == 0.25  # constants are not persistent
     other = AugmentPipe()
     other.load_state_dict(pipe.state_dict())
     assert other.p_value() == 0.25
@@ -328,6 +329,37 @@ def test_the_controller_steps_up_and_down_and_never_below_zero():
     assert pipe.p_value() == 0.0
     pipe.adjust(torch.tensor(32.0), 32, target=0.6, ada_kimg=0.001)  # a huge step stops at 1
     assert pipe.p_value() == 1.0
+
+
+# On CUDA these wait for the device: reading a value (.item(), bool(), a Python `if`), data-dependent shapes,
+# and a tensor made from host data (torch.tensor(...) copies from pageable memory and syncs).
+SYNCING_OPS = {"aten._local_scalar_dense", "aten.is_nonzero", "aten.item", "aten.nonzero"}
+SYNCING_OPS |= {"aten.masked_select", "aten.lift_fresh", "aten.lift_fresh_copy"}
+
+
+class RecordOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_training_step_through_the_pipe_uses_no_syncing_op():
+    pipe = AugmentPipe("bgc", p=0.5)
+    x = images(n=4).requires_grad_(True)
+    D = torch.nn.Conv2d(3, 1, 3)
+    generator, signs = gen(), torch.zeros([])
+    with RecordOps() as recorded:
+        logits = D(pipe(x, generator)).flatten(1).sum(1)
+        (grad_x,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+        grad_x.square().sum().backward()
+        signs += logits.detach().sign().sum()
+        pipe.adjust(signs, 4)
+    assert "aten.grid_sampler_2d" in recorded.ops  # the recorder sees the pipe's ops
+    assert not recorded.ops & SYNCING_OPS
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

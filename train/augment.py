@@ -75,6 +75,13 @@ class AugmentPipe(nn.Module):
         self.multipliers = _parse(augment)
         self.adaptive = adaptive  # the loop calls `adjust` only when this is set
         self.register_buffer("p", torch.tensor(float(p), dtype=torch.float32))
+        # Constants live on the pipe's device: building them per call with torch.tensor(..., device=cuda)
+        # would copy from pageable host memory, which syncs. Not persistent, so state_dict holds only p.
+        rgb = torch.tensor([1.0, 1.0, 1.0, 0.0])
+        cross = torch.tensor([[0.0, -1, 1, 0], [1, 0, -1, 0], [-1, 1, 0, 0], [0, 0, 0, 0]])
+        self.register_buffer("fir_taps", torch.tensor(FIR_TAPS), persistent=False)
+        self.register_buffer("luma_axis", rgb / math.sqrt(3), persistent=False)  # v = (1, 1, 1)/√3
+        self.register_buffer("luma_cross", cross / math.sqrt(3), persistent=False)  # [v]×: [v]× rgb = v × rgb
 
     @property
     def enabled(self) -> bool:
@@ -192,10 +199,11 @@ def _blit(x: torch.Tensor, draw: _Draws) -> torch.Tensor:
     zero = torch.zeros(n, dtype=torch.long, device=dev)
     if draw.on("xint"):
         gate = draw.gate("xint")
-        shift = torch.round(draw.uniform(2) * XINT_MAX * torch.tensor([w, h], device=dev, dtype=draw.dtype))
-        shift = torch.where(gate[:, None], shift.long(), 0)
-        u = u - 2 * shift[:, 0].view(n, 1, 1)
-        v = v - 2 * shift[:, 1].view(n, 1, 1)
+        t = draw.uniform(2) * XINT_MAX
+        shift_x = torch.where(gate, torch.round(t[:, 0] * w).long(), 0)
+        shift_y = torch.where(gate, torch.round(t[:, 1] * h).long(), 0)
+        u = u - 2 * shift_x.view(n, 1, 1)
+        v = v - 2 * shift_y.view(n, 1, 1)
     if draw.on("rotate90"):
         gate = draw.gate("rotate90")
         quarter = torch.where(gate, draw.integers(4), zero).view(n, 1, 1)
@@ -263,33 +271,36 @@ def _geometric(x: torch.Tensor, draw: _Draws) -> torch.Tensor:
         t = torch.where(gate[:, None], draw.normal(2) * XFRAC_STD, 0)
         touched |= gate
         then(_affine(one, zero, -t[:, 0] * w, zero, one, -t[:, 1] * h))
-    return torch.where(touched.view(n, 1, 1, 1), affine_resample(x, inverse), x)
+    resampled = affine_resample(x, inverse, draw.pipe.fir_taps)
+    return torch.where(touched.view(n, 1, 1, 1), resampled, x)
 
 
-def _fir(like: torch.Tensor, gain: float) -> torch.Tensor:
+def _fir(taps: torch.Tensor, like: torch.Tensor, gain: float) -> torch.Tensor:
     """The separable filter as a single-channel 4×4 conv kernel whose 1-D factor sums to `gain`."""
-    taps = torch.tensor(FIR_TAPS, dtype=like.dtype, device=like.device)
-    taps = taps * (gain / taps.sum())
+    taps = taps.to(device=like.device, dtype=like.dtype)
+    taps = taps * (gain / sum(FIR_TAPS))
     return torch.outer(taps, taps).view(1, 1, len(FIR_TAPS), len(FIR_TAPS))
 
 
-def _upsample(x: torch.Tensor) -> torch.Tensor:
+def _upsample(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
     """[M, 1, H, W] → [M, 1, 2H, 2W]: zero-insertion and the filter (gain 2 per axis) as one transposed
     convolution. A one-pixel margin repeating the edge (the mirror grid_sample's reflection uses) lets the
     outermost 2× samples see both neighbours; the image's 2× grid is then rows and columns [3, 3 + 2·size)."""
     _, _, h, w = x.shape
     x = torch.cat([x[:, :, :, :1], x, x[:, :, :, -1:]], dim=3)
     x = torch.cat([x[:, :, :1], x, x[:, :, -1:]], dim=2)
-    x = F.conv_transpose2d(x, _fir(x, 2), stride=2)
+    x = F.conv_transpose2d(x, _fir(taps, x, 2), stride=2)
     return x[:, :, 3 : 3 + 2 * h, 3 : 3 + 2 * w]
 
 
-def _downsample(x: torch.Tensor) -> torch.Tensor:
+def _downsample(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
     """[M, 1, 2H + 2, 2W + 2] → [M, 1, H, W]: the filter, then every second sample (a strided convolution)."""
-    return F.conv2d(x, _fir(x, 1), stride=2)
+    return F.conv2d(x, _fir(taps, x, 1), stride=2)
 
 
-def affine_resample(images: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+def affine_resample(
+    images: torch.Tensor, inverse: torch.Tensor, fir_taps: torch.Tensor | None = None
+) -> torch.Tensor:
     """Resample images [N, C, H, W] through per-image 3×3 matrices [N, 3, 3] mapping output positions to
     input positions (pixel units, origin at the image centre, x right, y down).
 
@@ -298,9 +309,11 @@ def affine_resample(images: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor
     (grid_sample's 'reflection' mode), which covers any transformed corner without a data-dependent pad
     (sizing one would need a host sync). The FIR runs on every channel alike as a single-channel
     convolution with the channels folded into the batch (on CPU several times faster than groups=C).
+    `fir_taps` is FIR_TAPS already on the images' device (AugmentPipe keeps it there; made here if None).
     """
     n, c, h, w = images.shape
-    x = _upsample(images.reshape(n * c, 1, h, w)).view(n, c, 2 * h, 2 * w)
+    taps = torch.tensor(FIR_TAPS, device=images.device) if fir_taps is None else fir_taps
+    x = _upsample(images.reshape(n * c, 1, h, w), taps).view(n, c, 2 * h, 2 * w)
     # 2× output sample centres j = −1 … 2·size, in pixel units about the centre.
     xs = (torch.arange(-1, 2 * w + 1, device=x.device, dtype=inverse.dtype) + 0.5) / 2 - w / 2
     ys = (torch.arange(-1, 2 * h + 1, device=x.device, dtype=inverse.dtype) + 0.5) / 2 - h / 2
@@ -311,7 +324,7 @@ def affine_resample(images: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor
     # the 2× image spans the same extent as the original, so normalise by half the original size
     grid = torch.stack([source_x / (w / 2), source_y / (h / 2)], dim=-1).to(x.dtype)
     x = grid_sample(x, grid)
-    return _downsample(x.reshape(n * c, 1, 2 * h + 2, 2 * w + 2)).view(n, c, h, w)
+    return _downsample(x.reshape(n * c, 1, 2 * h + 2, 2 * w + 2), taps).view(n, c, h, w)
 
 
 # --- colour: one 4×4 matrix --------------------------------------------------------------------------
@@ -323,10 +336,9 @@ def _colour(x: torch.Tensor, draw: _Draws) -> torch.Tensor:
     eye = torch.eye(4, device=dev, dtype=dtype)
     matrix = eye.expand(n, 4, 4)
     touched = torch.zeros(n, dtype=torch.bool, device=dev)
-    v = torch.tensor([1.0, 1.0, 1.0, 0.0], device=dev, dtype=dtype) / math.sqrt(3)
+    v = draw.pipe.luma_axis.to(device=dev, dtype=dtype)
     vv = torch.outer(v, v)  # projection onto the luma axis
-    cross = torch.tensor([[0, -1, 1, 0], [1, 0, -1, 0], [-1, 1, 0, 0], [0, 0, 0, 0]], device=dev, dtype=dtype)
-    cross = cross / math.sqrt(3)  # [v]×, so cross @ rgb = v × rgb
+    cross = draw.pipe.luma_cross.to(device=dev, dtype=dtype)
     column = (slice(None), None, None)
 
     def then(transform: torch.Tensor) -> None:
@@ -337,7 +349,7 @@ def _colour(x: torch.Tensor, draw: _Draws) -> torch.Tensor:
         gate = draw.gate("brightness")
         b = torch.where(gate, draw.normal() * BRIGHTNESS_STD, 0)
         touched |= gate
-        then(eye + b[column] * torch.tensor([1.0, 1, 1, 0], device=dev, dtype=dtype).view(4, 1) * eye[3])
+        then(eye + b[column] * (v * math.sqrt(3)).view(4, 1) * eye[3])  # adds b to r, g and b
     if draw.on("contrast"):
         gate = draw.gate("contrast")
         s = torch.where(gate, torch.exp2(draw.normal() * CONTRAST_STD), 1)
