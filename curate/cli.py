@@ -434,7 +434,8 @@ def tag(
         Optional[str],  # noqa: UP045
         typer.Option(
             help="Tagger: a hub id (owner/name[@revision]) or a folder with config.json, "
-            "model.safetensors and selected_tags.csv; default SmilingWolf/wd-vit-tagger-v3."
+            "model.safetensors (or pytorch_model.bin) and selected_tags.csv; "
+            "default SmilingWolf/wd-vit-tagger-v3."
         ),
     ] = None,
     general_threshold: Annotated[float, typer.Option(help="General tags kept at this probability.")] = 0.35,
