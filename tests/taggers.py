@@ -27,17 +27,17 @@ def probability(name: str) -> float:
     return 1 / (1 + math.exp(-logit))
 
 
-def make_model(size: int = 64, *, fixed: bool = True, seed: int = 0):
+def make_model(size: int = 64, *, fixed: bool = True, seed: int = 0, tags=TAGS):
     """A random tiny ViT with one output per tag; `fixed` zeroes its head so the bias alone decides."""
     import timm
     import torch
 
     torch.manual_seed(seed)
-    model = timm.create_model("test_vit", num_classes=len(TAGS), img_size=size)
+    model = timm.create_model("test_vit", num_classes=len(tags), img_size=size)
     if fixed:
         with torch.no_grad():
             model.head.weight.zero_()
-            model.head.bias.copy_(torch.tensor([logit for _, _, logit in TAGS]))
+            model.head.bias.copy_(torch.tensor([logit for _, _, logit in tags]))
     return model.eval()
 
 
