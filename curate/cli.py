@@ -434,7 +434,8 @@ def tag(
         Optional[str],  # noqa: UP045
         typer.Option(
             help="Tagger: a hub id (owner/name[@revision]) or a folder with config.json, "
-            "model.safetensors and selected_tags.csv; default SmilingWolf/wd-vit-tagger-v3."
+            "model.safetensors (or pytorch_model.bin) and selected_tags.csv; "
+            "default SmilingWolf/wd-vit-tagger-v3."
         ),
     ] = None,
     general_threshold: Annotated[float, typer.Option(help="General tags kept at this probability.")] = 0.35,
@@ -798,8 +799,14 @@ def labels_select(
         Optional[list[str]],  # noqa: UP045
         typer.Option(help="Tags to leave out (repeat, or comma separated)."),
     ] = None,
+    tagger: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="A tagger folder whose selected_tags.csv the listed labels are checked against."),
+    ] = None,
 ) -> None:
     """Choose the label vocabulary and write it to WORKSPACE/labels.json."""
+    from rich.markup import escape
+
     from curate.labels import choose_labels
 
     excluded = [t for item in exclude or () for t in item.split(",") if t.strip()]
@@ -812,7 +819,10 @@ def labels_select(
         category=category,
         min_count=min_count,
         exclude=excluded,
+        tagger=tagger,
     )
+    for warning in vocabulary.warnings():
+        err.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     shown = ", ".join(f"{t}: {vocabulary.counts[t]}" for t in vocabulary.labels[:12])
     more = f" … ({len(vocabulary.labels)} in all)" if len(vocabulary.labels) > 12 else ""
     out.print(f"[bold]{len(vocabulary.labels)} labels[/bold] over {vocabulary.faces:,} faces: {shown}{more}")

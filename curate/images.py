@@ -1,6 +1,7 @@
 """Is this really an image? Signature sniffing and a decode check with a decompression-bomb guard.
 
-Shared by every stage that opens originals (crawl and ingest check them, crop decodes them).
+Shared by every stage that opens originals (crawl and ingest check them, crop decodes them); and
+`flat_rgb`, the RGB every writer and network of crops or example images sees.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from curate.workspace import IMAGE_EXTENSIONS
 
@@ -19,6 +21,7 @@ EXTENSIONS = dict(zip(("jpeg", "png", "gif", "webp", "bmp", "tiff"), IMAGE_EXTEN
 _PILLOW_FORMATS = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "webp": "WEBP", "bmp": "BMP", "tiff": "TIFF"}
 _TEXT_STARTS = (b"<", b"{", b"[", b"<!doctype", b"<html", b"<?xml")
 _EXIF_ORIENTATION = 0x0112
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 
 
 class ImageCheckError(Exception):
@@ -112,6 +115,24 @@ def inspect_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageI
     if orientation in (5, 6, 7, 8):  # rotated a quarter turn: displayed with width and height swapped
         width, height = height, width
     return ImageInfo(fmt, width, height, frames)
+
+
+def flat_rgb(image: Any) -> Any:
+    """An RGB copy of a Pillow image as a viewer shows it: alpha, a palette's transparent entries or a
+    transparent colour (PNG tRNS) flattened on white.
+
+    The copy never carries `info["transparency"]`: Pillow keeps it through convert("RGB"), and PNG then
+    writes it back (an opaque colour of the picture turns transparent) or raises (the key of 1-bit or
+    16-bit grey does not fit RGB).
+    """
+    from PIL import Image
+
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, (255, 255, 255))
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
+    return image.convert("RGB")
 
 
 def _orientation_of(exif: bytes | None) -> int | None:

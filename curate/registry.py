@@ -145,6 +145,17 @@ def _download(artifact: Artifact, target: Path, timeout: float) -> Path:
     return target
 
 
+def cached_hub_file(model_id: str, filename: str) -> Path | None:
+    """`filename` of hub repo `owner/name[@revision]` if the cache already holds it; never the network."""
+    repo, _, revision = model_id.partition("@")
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo, filename, cache_dir=cache_dir() / "hub", revision=revision or None)
+    return Path(found) if isinstance(found, str) else None  # else None, or a sentinel: known to be absent
+
+
 def resolve_hub_folder(model_id: str, files: tuple[str, ...]) -> Path:
     """A local snapshot of `files` from hub repo `owner/name[@revision]`, cached under `$CURATE_CACHE/hub`.
 

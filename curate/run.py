@@ -105,7 +105,8 @@ def _labels(table: dict, progress: bool) -> Step:
 
     def run(ws: Path) -> str:
         vocabulary, path = choose_labels(ws, **table)
-        return f"{len(vocabulary.labels)} labels written to {path}"
+        warnings = "".join(f"\n  warning: {warning}" for warning in vocabulary.warnings())
+        return f"{len(vocabulary.labels)} labels written to {path}{warnings}"
 
     return Step("labels", table, run)
 

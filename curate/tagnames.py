@@ -1,4 +1,4 @@
-"""Tag names: booru underscores and Illustration2Vec spaces name the same tag."""
+"""Tag names: booru underscores and Illustration2Vec spaces name the same tag, and old names today's."""
 
 from __future__ import annotations
 
@@ -8,6 +8,28 @@ from collections.abc import Iterable
 def canonical_tag(name: str) -> str:
     """The one spelling curate stores: lower case, words joined by underscores (`Blue eyes` → `blue_eyes`)."""
     return "_".join(name.strip().lower().split())
+
+
+# Older names (Illustration2Vec's, from 2015 Danbooru) → the names Danbooru and the WD v3 taggers'
+# selected_tags.csv use today. From Danbooru's tag aliases: twin_tails → twintails, hair_clip → hairclip,
+# silver_hair and gray_hair → grey_hair, gray_eyes → grey_eyes, blond_hair → blonde_hair. Applied where a
+# list of labels is read (presets, --list), not to the tags taggers and boards give. A deprecated tag with
+# no one successor has no entry: Danbooru retired `bangs` for its kinds (blunt_bangs, swept_bangs, …),
+# and a tagger that lacks it is warned about where the labels are chosen.
+ALIASES = {
+    "twin_tails": "twintails",
+    "hair_clip": "hairclip",
+    "silver_hair": "grey_hair",
+    "gray_hair": "grey_hair",
+    "gray_eyes": "grey_eyes",
+    "blond_hair": "blonde_hair",
+}
+
+
+def current_tag(name: str) -> str:
+    """The canonical spelling of a tag's current name (`Twin tails` → `twintails`)."""
+    tag = canonical_tag(name)
+    return ALIASES.get(tag, tag)
 
 
 def merge_labels(tagger: Iterable[str], booru: Iterable[str]) -> tuple[list[str], list[str]]:

@@ -104,9 +104,7 @@ def _to_rgb(image) -> np.ndarray:
     if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
         grey = _to_8bit(np.asarray(image))
         return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
-    if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    elif mode in ("LA", "La", "PA", "RGBa"):
+    if mode in ("LA", "La", "PA", "RGBa") or "transparency" in image.info:  # palette entries, tRNS colours
         image = image.convert("RGBA")
     elif mode not in ("RGB", "RGBA"):
         image = image.convert("RGB")  # 1, L, CMYK, YCbCr, LAB, HSV

@@ -1,8 +1,9 @@
 """The WD tagger v3 family (and taggers trained here) through timm: loading, preprocessing, prediction.
 
 A tagger is a folder in the WD on-disk format: `config.json` (timm's hub config, with the model's own
-input size, mean and std), `model.safetensors`, and `selected_tags.csv` (`tag_id,name,category,count`;
-category 9 is the rating, 0 general, 4 character). A hub id is first fetched into such a folder
+input size, mean and std), `model.safetensors` (or `pytorch_model.bin`, what timm's `save_for_hf` writes
+without safe serialization), and `selected_tags.csv` (`tag_id,name,category,count`; category 9 is the
+rating, 0 general, 4 character). A hub id is first fetched into such a folder
 (`curate.registry.resolve_hub_folder`), so hub models and local folders load through the same code.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import os
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,10 @@ from curate import registry
 from curate.device import pick_device
 from curate.errors import InvalidArgument, ModelError
 
-TAGGER_FILES = ("config.json", "model.safetensors", "selected_tags.csv")
+TAGGER_FILES = ("config.json", "model.safetensors", "selected_tags.csv")  # as the hub's WD taggers ship
+# either holds the weights, the first preferred (timm's local-dir loading takes them in this order, the
+# pickle with torch.load(weights_only=True): tensors only, no arbitrary objects are unpickled)
+WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
 DEFAULT_TAGGER = "SmilingWolf/wd-vit-tagger-v3"
 GENERAL, CHARACTER, RATING = 0, 4, 9  # selected_tags.csv categories
 RATINGS = ("general", "sensitive", "questionable", "explicit")
@@ -102,10 +107,26 @@ def check_tagger_folder(folder: Path) -> Path:
     """The folder, if it holds every file of the WD format; ModelError naming what is missing."""
     if not folder.is_dir():
         raise ModelError(f"tagger folder not found: {folder}")
-    missing = [name for name in TAGGER_FILES if not (folder / name).is_file()]
+    wanted = [WEIGHTS_FILES if name in WEIGHTS_FILES else (name,) for name in TAGGER_FILES]
+    missing = [" or ".join(names) for names in wanted if not any((folder / n).is_file() for n in names)]
     if missing:
         raise ModelError(f"{folder} is not a tagger folder: it lacks {', '.join(missing)}")
     return folder
+
+
+def _refused_pickle(path: Path) -> str:
+    """Why a pickled checkpoint did not load: the objects in it that weights_only would not make."""
+    import torch
+
+    try:  # reads the pickle's opcodes; unpickles nothing
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # an older torch, or a pickle too broken to list
+        found = []
+    objects = f" ({', '.join(found[:4])})" if found else ""
+    return (
+        f"{path} holds pickled objects{objects} besides tensors and is not unpickled (only weights are "
+        f"loaded from a pickle): save the state dict alone, or as {WEIGHTS_FILES[0]}"
+    )
 
 
 def resolve_tagger(model: str | os.PathLike[str] | None) -> Path:
@@ -130,7 +151,10 @@ class Tagger:
         self.device = pick_device(device)
         try:
             network = timm.create_model(f"local-dir:{self.folder}", pretrained=True)
-        except (RuntimeError, KeyError, ValueError, OSError) as exc:
+        except (pickle.UnpicklingError, RuntimeError, KeyError, ValueError, OSError) as exc:
+            # torch.load(weights_only=True) met more than tensors (timm re-raises it as a RuntimeError)
+            if pickle.UnpicklingError in (type(exc), type(exc.__cause__)):
+                raise ModelError(_refused_pickle(self.folder / WEIGHTS_FILES[1])) from None
             raise ModelError(f"{self.folder} does not load as a timm model: {exc}") from exc
         if network.num_classes != len(self.tags.names):
             raise ModelError(

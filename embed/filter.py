@@ -172,8 +172,8 @@ def filter_faces(workspace: str | Path, options: FilterOptions) -> FilterReport:
     ids, vectors, model = read_embeddings(ws, options.model)
     position = {face: row for row, face in enumerate(ids)}
     label = np.full(len(ids), -1, dtype=np.int8)
-    good, good_extra = _seed_ids(ws, options.good, model)
-    bad, bad_extra = _seed_ids(ws, options.bad, model)
+    good, good_extra = _seed_ids(ws, options.good, model, vectors.shape[1])
+    bad, bad_extra = _seed_ids(ws, options.bad, model, vectors.shape[1])
     good += query_seeds(ws, options.good_query) if options.good_query else []
     bad += query_seeds(ws, options.bad_query) if options.bad_query else []
     faces = len(ids)
@@ -258,13 +258,14 @@ class DupGroups:
     group: list[int | None]  # per face: the row of its group's keeper; None when it has no duplicate
 
 
-def _seed_ids(ws: Workspace, given: list[str], model: str) -> tuple[list[str], np.ndarray]:
-    """Face ids as given, and the embeddings of the images in any folder given instead of ids."""
+def _seed_ids(ws: Workspace, given: list[str], model: str, dim: int) -> tuple[list[str], np.ndarray]:
+    """Face ids as given, and the embeddings (`dim` wide, none without folders) of the images in any
+    folder given instead of ids."""
     ids, folders = [], []
     for item in given:
         (folders if Path(item).is_dir() else ids).append(item)
     if not folders:
-        return ids, np.empty((0, 0), np.float32)
+        return ids, np.empty((0, dim), np.float32)  # of the embeddings' width: it joins them
     from embed.stage import embed_files
 
     paths = [p for folder in folders for p in sorted(Path(folder).rglob("*")) if p.suffix.lower() in _IMAGES]

@@ -21,6 +21,7 @@ from curate import distributed
 from curate.device import pick_device
 from curate.errors import CurateError, InvalidArgument, ModelError
 from curate.imagefiles import image_batches
+from curate.images import flat_rgb
 from curate.progress import StageProgress
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ def training_transform(size: int, augment: str = "light") -> Any:
     jitter = v2.ColorJitter(0.4, 0.4, 0.4, 0.1) if paper else v2.ColorJitter(0.2, 0.2, 0.1, 0.02)
     return v2.Compose(
         [
-            v2.RGB(),
+            flat_rgb,  # as the crops were cut: transparency on white
             v2.RandomResizedCrop(size, scale=(0.2, 1.0) if paper else (0.5, 1.0), antialias=True),
             v2.RandomHorizontalFlip(),
             v2.RandomApply([jitter], p=0.8),
@@ -123,7 +124,7 @@ def eval_transform(size: int) -> Any:
 
     return v2.Compose(
         [
-            v2.RGB(),
+            flat_rgb,  # example images given as seeds may be transparent; crops never are
             v2.Resize((size, size), antialias=True),
             v2.ToImage(),
             v2.ToDtype(_float32(), scale=True),

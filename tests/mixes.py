@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crawl.local import ingest_folder
+from curate.images import ImageCheckError
 from curate.manifest import CROP, OK, now_utc, read_stage, write_part
 from curate.workspace import Workspace
 from detect.crop import CropOptions, DetectorSpec, crop_images
+from detect.decode import decode
 
 PATCH_SIDE = 256  # bad crops are stored at this size, as a face crop of a large source would be
 
@@ -60,6 +62,14 @@ def _ingest_and_crop(fixtures: Path, ws: Workspace, folder: Path) -> None:
     crop_images(ws.root, CropOptions(detector=spec, progress=False))
 
 
+def _picture(path: Path):
+    """The original as the crop stage sees it (EXIF orientation applied, transparency on white): a new
+    RGB image whose info holds no `transparency` left from a palette, which PNG would write back."""
+    from PIL import Image
+
+    return Image.fromarray(decode(path).rgb)
+
+
 def _image_id(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
@@ -84,8 +94,7 @@ def _add_copies(
     smaller: set[str] = set()  # image ids of the resized copies
     for path in rng.sample(single, min(count, len(single))):
         face = by_image[_image_id(path.read_bytes())][0]["face_id"]
-        with Image.open(path) as image:
-            image = image.convert("RGB")
+        image = _picture(path)
         small = image.resize((image.width * 7 // 10, image.height * 7 // 10), Image.Resampling.LANCZOS)
         for kind, variant, quality in (("jpeg", image, 75), ("small", small, 90)):
             buffer = io.BytesIO()
@@ -117,14 +126,12 @@ def _bad_row(ws: Workspace, image_id: str, out: Path, box: tuple[int, int, int, 
 
 def _noise_crops(ws: Workspace, fixtures: Path) -> list[dict]:
     """The centre square of every readable noise fixture."""
-    from PIL import Image
 
     rows = []
     for index, path in enumerate(sorted((fixtures / "images" / "noise").iterdir())):
         try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-        except (OSError, ValueError):
+            image = _picture(path)
+        except ImageCheckError:
             continue  # the corrupt fixtures
         side = min(image.size)
         if side < 64:
@@ -140,7 +147,6 @@ def _noise_crops(ws: Workspace, fixtures: Path) -> list[dict]:
 
 def _non_face_patches(ws: Workspace, sources: list[Path], crops: list[dict], count: int, rng) -> list[dict]:
     """Squares of face size from illustrations, placed where they overlap no detected face."""
-    from PIL import Image
 
     boxes: dict[str, list[tuple[float, float, float, float]]] = {}
     for row in crops:
@@ -154,8 +160,7 @@ def _non_face_patches(ws: Workspace, sources: list[Path], crops: list[dict], cou
         faces = boxes.get(_image_id(path.read_bytes()))
         if not faces:
             continue
-        with Image.open(path) as image:
-            image = image.convert("RGB")
+        image = _picture(path)
         side = int(min(faces[0][2] - faces[0][0], image.width, image.height) * 0.9)
         for _ in range(20):  # a few tries at a spot clear of every face
             x0, y0 = rng.randint(0, image.width - side), rng.randint(0, image.height - side)

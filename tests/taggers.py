@@ -27,27 +27,31 @@ def probability(name: str) -> float:
     return 1 / (1 + math.exp(-logit))
 
 
-def make_model(size: int = 64, *, fixed: bool = True, seed: int = 0):
+def make_model(size: int = 64, *, fixed: bool = True, seed: int = 0, tags=TAGS):
     """A random tiny ViT with one output per tag; `fixed` zeroes its head so the bias alone decides."""
     import timm
     import torch
 
     torch.manual_seed(seed)
-    model = timm.create_model("test_vit", num_classes=len(TAGS), img_size=size)
+    model = timm.create_model("test_vit", num_classes=len(tags), img_size=size)
     if fixed:
         with torch.no_grad():
             model.head.weight.zero_()
-            model.head.bias.copy_(torch.tensor([logit for _, _, logit in TAGS]))
+            model.head.bias.copy_(torch.tensor([logit for _, _, logit in tags]))
     return model.eval()
 
 
-def save_wd_folder(model, folder: Path, size: int = 64, tags=TAGS) -> Path:
-    """Write `model` as config.json + model.safetensors + selected_tags.csv, as the WD taggers ship."""
+def save_wd_folder(model, folder: Path, size: int = 64, tags=TAGS, *, safe: bool | str = True) -> Path:
+    """Write `model` as config.json + model.safetensors + selected_tags.csv, as the WD taggers ship.
+
+    `safe` is save_for_hf's `safe_serialization`: False writes pytorch_model.bin instead of
+    model.safetensors (its default), "both" writes both.
+    """
     from timm.models import save_for_hf
 
     folder.mkdir(parents=True, exist_ok=True)
     data = {"mean": MEAN, "std": STD, "input_size": (3, size, size), "interpolation": "bicubic"}
-    save_for_hf(model, str(folder), model_args={"img_size": size}, safe_serialization=True, data_config=data)
+    save_for_hf(model, str(folder), model_args={"img_size": size}, safe_serialization=safe, data_config=data)
     with open(folder / "selected_tags.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["tag_id", "name", "category", "count"])

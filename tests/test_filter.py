@@ -223,3 +223,51 @@ def test_roc_auc_by_hand():
 
     # positives 0.9 and 0.5 against negatives 0.5 and 0.1: pairs won 1, 1, ½ (a tie), 1 of 4
     assert roc_auc(np.array([0.9, 0.5, 0.5, 0.1]), np.array([True, True, False, False])) == 0.875
+
+
+def test_good_example_folders_without_bad_seeds(fixtures, tmp_path):
+    """`--good FOLDER` alone (no bad seeds), and with face ids beside it: the good-seeds-only path."""
+    import shutil
+
+    from embed.stage import EmbedOptions, embed_faces
+    from embed.train import EmbedTrainOptions
+    from tests.conftest import TEN_ILLUSTRATIONS, cascade_workspace
+
+    ws = cascade_workspace(fixtures, tmp_path, TEN_ILLUSTRATIONS)
+    train = EmbedTrainOptions(
+        backbone="test_resnet",
+        dim=16,
+        size=48,
+        batch_size=4,
+        device="cpu",
+        workers=0,
+        epochs=1,
+        progress=False,
+    )
+    embed_faces(ws.root, EmbedOptions(train=train, progress=False))
+    crops = sorted((r["face_id"], r["path"]) for r in read_stage(ws, CROP).to_pylist() if r["status"] == "ok")
+    examples = tmp_path / "examples"
+    examples.mkdir()
+    for face, path in crops[:3]:  # the crops themselves: each example is its face's exact copy
+        shutil.copy(ws.root / path, examples / f"{face}.png")
+    # no mining rounds: a face mined good is its own nearest labelled face, and scores 1 too
+    report = filter_faces(ws.root, FilterOptions(good=[str(examples)], k=1, rounds=0, dedup=None))
+    result = rows(ws)
+    assert report.faces == len(crops) == len(result) and report.bad_seeds == 0 and report.good_seeds == 3
+    assert set(result) == {face for face, _ in crops}  # the examples are seeds, never rows
+    assert all(r["seed"] is None for r in result.values())  # the faces copied are not seeds themselves
+    # each copied face's nearest seed is its own copy (the examples in name order), at similarity 1
+    for n, (face, _) in enumerate(crops[:3]):
+        assert result[face]["nearest_seeds"][0] == f"example:{n}"
+        assert result[face]["score"] == pytest.approx(1.0, abs=1e-5) and result[face]["keep"]
+    assert max(result[face]["score"] for face, _ in crops[3:]) < 1 - 1e-4
+
+    both = filter_faces(ws.root, FilterOptions(good=[str(examples), crops[5][0]], dedup=None))
+    result = rows(ws)
+    assert both.good_seeds == 4 and both.bad_seeds == 0
+    assert result[crops[5][0]]["seed"] == "good" and result[crops[5][0]]["keep"]
+
+    command = [sys.executable, "-m", "curate", "filter", "-w", str(ws.root), "--good", str(examples)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert f"of {len(crops)} faces kept; seeds 3 good, 0 bad" in done.stdout

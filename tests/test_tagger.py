@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,6 +75,56 @@ def test_broken_folders_are_model_errors(random_tagger, tmp_path):
     (short / "selected_tags.csv").write_text("tag_id,name,category,count\n1,solo,0,5\n")
     with pytest.raises(ModelError, match=r"10 outputs but selected_tags\.csv lists 1"):
         Tagger(short, device="cpu")
+
+
+def test_a_folder_with_pytorch_model_bin_loads_and_model_safetensors_wins(random_tagger, tmp_path):
+    """timm's save_for_hf without safe serialization writes pytorch_model.bin: that folder loads too."""
+    _, model = random_tagger
+    pickled = save_wd_folder(model, tmp_path / "pickled", safe=False)
+    assert (pickled / "pytorch_model.bin").is_file() and not (pickled / "model.safetensors").exists()
+    batch = np.random.default_rng(0).normal(size=(2, 3, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        expected = torch.sigmoid(model(torch.from_numpy(batch))).numpy()
+    assert np.allclose(Tagger(pickled, device="cpu").predict(batch), expected, atol=1e-6)
+    # both files, of different models: model.safetensors is the one loaded
+    other = make_model(fixed=True)
+    both = save_wd_folder(model, tmp_path / "both", safe="both")
+    torch.save(other.state_dict(), both / "pytorch_model.bin")
+    assert np.allclose(Tagger(both, device="cpu").predict(batch), expected, atol=1e-6)
+    (both / "model.safetensors").unlink()  # and without it, the other model's weights are
+    fixed = Tagger(both, device="cpu").predict(batch)
+    assert np.allclose(fixed, [probability(name) for name, _, _ in TAGS], atol=1e-6)
+
+
+def test_a_pickle_with_objects_is_refused_unopened(random_tagger, tmp_path):
+    """pytorch_model.bin loads with torch.load(weights_only=True): an object in it is never unpickled."""
+    _, model = random_tagger
+    marker = tmp_path / "ran"
+
+    class Payload:  # unpickling it would call Path.touch(marker)
+        def __reduce__(self):
+            return Path.touch, (marker,)
+
+    pickled = save_wd_folder(model, tmp_path / "pickled", safe=False)
+    torch.save({**model.state_dict(), "payload": Payload()}, pickled / "pytorch_model.bin")
+    with pytest.raises(
+        ModelError, match=r"pytorch_model\.bin holds pickled objects \(.*pathlib.*\) besides tensors"
+    ):
+        Tagger(pickled, device="cpu")
+    assert not marker.exists()
+
+
+def test_a_folder_without_weights_names_both_files(random_tagger, tmp_path):
+    folder, _ = random_tagger
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "selected_tags.csv"):
+        (bare / name).write_bytes((folder / name).read_bytes())
+    with pytest.raises(ModelError, match=r"lacks model\.safetensors or pytorch_model\.bin$"):
+        resolve_tagger(bare)
+    (bare / "config.json").unlink()
+    with pytest.raises(ModelError, match=r"lacks config\.json, model\.safetensors or pytorch_model\.bin$"):
+        resolve_tagger(bare)
 
 
 def test_selected_tags_csv(tmp_path):

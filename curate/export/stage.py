@@ -23,6 +23,7 @@ from curate.errors import CurateError, InvalidArgument
 from curate.export.card import dataset_card
 from curate.export.select import Selection, SelectOptions, select_samples
 from curate.export.writers import Encoded, write_imagefolder, write_parquet, write_stylegan
+from curate.images import flat_rgb
 from curate.labels import VOCABULARY_FILE, read_vocabulary
 from curate.manifest import now_utc
 from curate.processes import cpu_count
@@ -151,9 +152,7 @@ def _encoded(ws: Workspace, selection: Selection, resolution: int, bar: StagePro
 
         try:
             with Image.open(ws.root / sample.crop) as image:
-                image = image.convert("RGBA")
-                flat = Image.new("RGB", image.size, (255, 255, 255))
-                flat.paste(image, mask=image.getchannel("A"))  # transparency on white, as the tagger sees it
+                flat = flat_rgb(image)  # transparency on white, as the tagger sees it
         except (OSError, ValueError) as exc:  # nothing is written: the export is still a temporary folder
             raise CurateError(
                 f"the crop of {sample.face_id} ({sample.crop}) does not open: {exc}; "

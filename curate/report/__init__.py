@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from curate.charts import bar_chart
+from curate.images import flat_rgb
 from curate.progress import StageProgress
 from curate.report.facts import gather
 from curate.report.page import render
@@ -69,7 +70,7 @@ def _thumbnails(
                 continue
             try:
                 with Image.open(ws.root / crops[face]) as image:
-                    image = image.convert("RGB")
+                    image = flat_rgb(image)
                     image.thumbnail((THUMB_SIDE, THUMB_SIDE))
                     name = f"thumbs/{face}.jpg"
                     image.save(out / name, quality=85)
