@@ -1,0 +1,1 @@
+"""StyleGAN2 training: networks, losses, augmentation, datasets, the loop, snapshots."""
