@@ -297,6 +297,9 @@ def test_missing_path_and_broken_body(tmp_path):
     order = ImageOrder(len(ts), seed=0)
     with pytest.raises(InvalidArgument, match=r"2\.png does not decode"):
         RealBatches(ts, order, "cpu", batch_gpu=2, cache="ram", workers=0, progress=False)
+    streamed = RealBatches(ts, order, "cpu", batch_gpu=3, cache="none", workers=0)
+    with pytest.raises(InvalidArgument, match=r"2\.png does not decode"):
+        next(streamed)  # the first batch holds every image, the broken one too
 
 
 # ---- order and batches ------------------------------------------------------------------------------
@@ -352,7 +355,7 @@ def run(batches: RealBatches, count: int) -> list[tuple[np.ndarray, np.ndarray]]
 def test_cached_and_streaming_batches_are_identical(small_set):
     order = ImageOrder(len(small_set), mirror=True, seed=5)
     layout = {"batch_gpu": 3, "rounds": 2, "rank": 1, "world_size": 2}
-    cached = RealBatches(small_set, order, "cpu", **layout, cache="ram", workers=0, progress=False)
+    cached = RealBatches(small_set, order, "cpu", **layout, cache="ram", workers=1, progress=False)
     assert cached.mode == "ram"
     streamed = RealBatches(small_set, order, "cpu", **layout, cache="none", workers=1, prefetch=2)
     assert streamed.mode == "none"
@@ -403,3 +406,42 @@ def test_cache_choice_and_labels_tensor(small_set):
     with pytest.raises(InvalidArgument, match="rank"):
         RealBatches(small_set, order, "cpu", batch_gpu=2, rank=2, world_size=2)
     tight.close()
+
+
+def test_the_device_cache_path_gives_the_same_batches(small_set, monkeypatch):
+    """The path a GPU cache takes (indices from the epoch's permutation on the device, index_select,
+    flip where mirrored), run on the CPU here; test_cuda_batches_never_wait checks it on a GPU."""
+    order = ImageOrder(len(small_set), mirror=True, seed=2)
+    layout = {"batch_gpu": 5, "rounds": 1, "rank": 0, "world_size": 3, "workers": 0, "progress": False}
+    ram = RealBatches(small_set, order, "cpu", cache="ram", **layout)
+    monkeypatch.setattr(RealBatches, "_choose", lambda self, cache, budget: "gpu")
+    device = RealBatches(small_set, order, "cpu", **layout)
+    assert device.mode == "gpu"
+    for (images_a, labels_a), (images_b, labels_b) in zip(run(ram, 8), run(device, 8), strict=True):
+        np.testing.assert_array_equal(images_a, images_b)
+        np.testing.assert_array_equal(labels_a, labels_b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_batches_never_wait(small_set):
+    order = ImageOrder(len(small_set), mirror=True, seed=4)
+    layout = {"batch_gpu": 4, "rounds": 2, "workers": 1, "progress": False}
+    served = {}
+    for cache in ("gpu", "ram", "none"):
+        batches = RealBatches(small_set, order, "cuda", cache=cache, **layout)
+        assert batches.mode == cache
+        if cache != "none":  # cached batches never make the host wait for the device
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            got = [next(batches) for _ in range(10)]
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert all(images.is_cuda and labels.is_cuda for images, labels in got)
+        served[cache] = [(images.cpu().numpy(), labels.cpu().numpy()) for images, labels in got]
+        batches.close()
+    for cache in ("ram", "none"):
+        for (images_a, labels_a), (images_b, labels_b) in zip(served["gpu"], served[cache], strict=True):
+            np.testing.assert_array_equal(images_a, images_b)
+            np.testing.assert_array_equal(labels_a, labels_b)
+    auto = RealBatches(small_set, order, "cuda", cache="auto", **layout)
+    assert auto.mode == "gpu"  # a few kilobytes fit anywhere

@@ -11,12 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import zipfile
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,17 +24,9 @@ from curate.errors import InvalidArgument
 from curate.processes import cpu_count
 from curate.progress import StageProgress
 from curate.workspace import Workspace
-from train.readers import (
-    IMAGE_SUFFIXES,
-    FolderSource,
-    ParquetSource,
-    Source,
-    UnreadableImage,
-    ZipSource,
-    decode_rgb,
-)
+from train.layouts import EXPORT_RECORD, Found, find_layout, read_json
+from train.readers import Source, UnreadableImage, decode_rgb
 
-EXPORT_RECORD = "export.json"  # what `curate export` writes beside every layout
 TRAINABLE = ("stylegan", "parquet", "imagefolder")
 PROGRESS_FROM = 5000  # images: smaller sets are checked faster than a bar can draw
 _SHOWN = 5  # offending files named in one message
@@ -137,24 +126,10 @@ class TrainingSet:
         )
 
 
-@dataclass
-class _Found:
-    """A layout found on disk, before checking: its images, raw labels and label names."""
-
-    format: str
-    path: Path  # what the images are read from (the zip, the folder)
-    source: Source
-    raw_labels: list | None  # one per image (None where an image has none); None: unconditional
-    label_names: list[str] | None  # from export.json or the Parquet schema
-    labels_from: str  # where labels are read, for messages
-    looked_for: str  # what counts as an image here, for the "no images" message
-    export: dict | None = None
-
-
 def open_dataset(path: str | Path, *, progress: bool = True, threads: int | None = None) -> TrainingSet:
     """Open and check the training set at `path`: an NVlabs zip, a curate export folder (stylegan,
     parquet or imagefolder), a folder of Parquet files, or a folder of images. Raises InvalidArgument."""
-    found = _find(Path(path).expanduser().resolve())
+    found = find_layout(Path(path).expanduser().resolve())
     if len(found.source) == 0:
         raise InvalidArgument(f"{found.path}: no images found (looked for {found.looked_for})")
     labels, names = _parse_labels(found)
@@ -174,7 +149,7 @@ def latest_export(workspace: str | Path) -> Path:
     root = Workspace(Path(workspace).expanduser().resolve()).export
     found = []
     for record_path in sorted(root.glob(f"*/{EXPORT_RECORD}")):
-        record = _read_json(record_path)
+        record = read_json(record_path)
         if record_path.parent.name.startswith(".") or not isinstance(record, dict):
             continue  # an export being built or moved aside
         if record.get("format") in TRAINABLE and (record.get("counts") or {}).get("train"):
@@ -188,176 +163,7 @@ def latest_export(workspace: str | Path) -> Path:
     return Path(max(found)[1])
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _find(path: Path) -> _Found:
-    if not path.exists():
-        raise InvalidArgument(f"{path} does not exist")
-    if path.is_file():
-        if path.suffix.lower() == ".zip":
-            return _open_zip(path)
-        if path.suffix.lower() == ".parquet":
-            return _open_parquet(path.parent, [path], None)
-        raise InvalidArgument(f"{path}: a training set is a .zip, a .parquet file or a folder")
-    export = _read_json(path / EXPORT_RECORD)
-    kind = export.get("format") if isinstance(export, dict) else None
-    if kind == "stylegan" or (kind is None and (path / "dataset.zip").is_file()):
-        if not (path / "dataset.zip").is_file():
-            raise InvalidArgument(f"{path}: export.json says stylegan, but dataset.zip is not there")
-        return _open_zip(path / "dataset.zip")
-    if kind == "imagefolder" or (kind is None and (path / "train" / "metadata.jsonl").is_file()):
-        return _open_imagefolder(path / "train", export)
-    if kind is None and (path / "metadata.jsonl").is_file():
-        return _open_imagefolder(path, None)
-    parquet = _parquet_files(path)
-    if kind == "parquet" or (kind is None and parquet):
-        return _open_parquet(path, parquet, export)
-    return _open_folder(path)
-
-
-def _visible(root: Path, path: Path) -> bool:
-    return not any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
-def _parquet_files(path: Path) -> list[Path]:
-    """Parquet files under `path` (hidden ones, such as an export's parts in progress, left out);
-    only the `train…` ones when the files are named by split, as the datasets library names them."""
-    files = sorted(p for p in path.rglob("*.parquet") if p.is_file() and _visible(path, p))
-    train = [p for p in files if p.name.startswith("train")]
-    return train or files
-
-
-def _vocabulary(export: dict | None) -> list[str] | None:
-    labels = export.get("labels") if isinstance(export, dict) else None
-    return [str(name) for name in labels] if isinstance(labels, list) else None
-
-
-def _open_zip(path: Path) -> _Found:
-    try:
-        source, meta = ZipSource.open(path)
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise InvalidArgument(f"{path} is not a readable zip: {exc}") from None
-    raw = _dataset_json(path, meta, source.names, "dataset.json in the zip")
-    export = _read_json(path.parent / EXPORT_RECORD)
-    export = export if isinstance(export, dict) else None
-    looked = f"entries ending {', '.join(IMAGE_SUFFIXES)} in the zip"
-    return _Found(
-        "stylegan", path, source, raw, _vocabulary(export), f"{path.name}/dataset.json", looked, export
-    )
-
-
-def _dataset_json(where: Path, meta: bytes | None, names: list[str], what: str) -> list | None:
-    """Per-image labels from NVlabs' dataset.json ({"labels": [[name, label], ...]} or null)."""
-    if meta is None:
-        return None
-    try:
-        payload = json.loads(meta)
-    except ValueError as exc:
-        raise InvalidArgument(f"{where}: {what} is not JSON ({exc})") from None
-    labels = payload.get("labels") if isinstance(payload, dict) else None
-    if not labels:
-        return None  # null, absent or empty: unconditional
-    try:
-        lookup = dict(labels)
-    except (TypeError, ValueError):
-        raise InvalidArgument(f'{where}: {what} must hold "labels": [[name, label], ...]') from None
-    return [lookup.get(name.replace("\\", "/")) for name in names]
-
-
-def _open_folder(root: Path) -> _Found:
-    names = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        base = Path(folder).relative_to(root)
-        names += [
-            (base / f).as_posix()
-            for f in files
-            if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES
-        ]
-    names.sort()
-    meta_path = root / "dataset.json"
-    meta = meta_path.read_bytes() if meta_path.is_file() else None
-    raw = _dataset_json(root, meta, names, "dataset.json")
-    looked = f"files ending {', '.join(IMAGE_SUFFIXES)}, searched recursively"
-    return _Found("folder", root, FolderSource(root, names), raw, None, "dataset.json", looked)
-
-
-def _open_imagefolder(folder: Path, export: dict | None) -> _Found:
-    """A curate imagefolder export's train/ (or any folder with a datasets-style metadata.jsonl)."""
-    names, raw, labelled = [], [], False
-    meta = folder / "metadata.jsonl"
-    try:
-        lines = meta.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise InvalidArgument(f"{meta} cannot be read: {exc.strerror or exc}") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            names.append(str(record["file_name"]))
-        except (ValueError, KeyError, TypeError):
-            raise InvalidArgument(f"{meta} line {number}: not a JSON object with a file_name") from None
-        labelled |= "label_vector" in record
-        raw.append(record.get("label_vector"))
-    looked = f"rows in {meta.name}"
-    source = FolderSource(folder, names)
-    return _Found(
-        "imagefolder",
-        folder,
-        source,
-        raw if labelled else None,
-        _vocabulary(export),
-        meta.name,
-        looked,
-        export,
-    )
-
-
-def _open_parquet(root: Path, files: list[Path], export: dict | None) -> _Found:
-    """Rows of split `train` (all rows without a split column) of Parquet files with an `image` column."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    where, raw, vocabularies, labelled = [], [], set(), False
-    for number, path in enumerate(files):
-        try:
-            handle = pq.ParquetFile(path)
-        except (OSError, pa.ArrowException) as exc:
-            raise InvalidArgument(f"{path} is not a readable Parquet file: {exc}") from None
-        schema = handle.schema_arrow
-        if "image" not in schema.names:
-            raise InvalidArgument(f"{path} has no `image` column (columns: {', '.join(schema.names)})")
-        metadata = schema.metadata or {}
-        if b"curate.vocabulary" in metadata:
-            vocabularies.add(metadata[b"curate.vocabulary"].decode())
-        columns = [c for c in ("split", "label_vector") if c in schema.names]
-        labelled |= "label_vector" in columns
-        for group in range(handle.num_row_groups):
-            table = handle.read_row_group(group, columns=columns)
-            if "split" in columns:
-                rows = [r for r, s in enumerate(table.column("split").to_pylist()) if s == "train"]
-            else:
-                rows = list(range(table.num_rows))
-            where += [(number, group, r) for r in rows]
-            vectors = table.column("label_vector").to_pylist() if "label_vector" in columns else None
-            raw += [vectors[r] if vectors is not None else None for r in rows]
-    if len(vocabularies) > 1:
-        raise InvalidArgument(
-            f"{root}: the Parquet files carry different label vocabularies (curate.vocabulary)"
-        )
-    names = json.loads(vocabularies.pop()) if vocabularies else _vocabulary(export)
-    source = ParquetSource(root, files, np.array(where, dtype=np.int64).reshape(-1, 3))
-    looked = f"rows of split 'train' in {len(files)} Parquet file(s)" if files else "*.parquet files"
-    return _Found("parquet", root, source, raw if labelled else None, names, "label_vector", looked, export)
-
-
-def _parse_labels(found: _Found) -> tuple[np.ndarray, list[str]]:
+def _parse_labels(found: Found) -> tuple[np.ndarray, list[str]]:
     """float32 [N, C] from vectors (multi-hot) or class indices (one-hot over max + 1 classes)."""
     count, names, where = len(found.source), found.source.names, f"{found.path}"
     if found.raw_labels is None:
@@ -418,13 +224,13 @@ def _excerpt(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _scan_headers(found: _Found, progress: bool, threads: int | None) -> np.ndarray:
+def _scan_headers(found: Found, progress: bool, threads: int | None) -> np.ndarray:
     """[N, 3] int64 of width, height and encoded bytes, from every image's header, on threads.
     Raises InvalidArgument naming the images that do not open."""
     source, count = found.source, len(found.source)
     sizes = np.zeros((count, 3), np.int64)
     failed: list[tuple[int, str]] = []
-    workers = threads or min(32, 4 * cpu_count())  # I/O bound: more threads than cores
+    workers = threads or min(8, cpu_count())  # more contend for the interpreter lock when the disk is fast
     enabled = progress and count >= PROGRESS_FROM
     with (
         StageProgress("check images", total=count, unit="images", enabled=enabled) as bar,
@@ -447,7 +253,7 @@ def _scan_headers(found: _Found, progress: bool, threads: int | None) -> np.ndar
     return sizes
 
 
-def _check_sizes(found: _Found, sizes: np.ndarray) -> int:
+def _check_sizes(found: Found, sizes: np.ndarray) -> int:
     """The set's side: every image square, of one size, a power of two of at least 4."""
     names, where = found.source.names, found.path
     shapes = Counter(map(tuple, sizes[:, :2].tolist()))

@@ -35,6 +35,11 @@ class UnreadableImage(Exception):
         self.name, self.reason = name, reason
 
 
+def is_image_name(name: str) -> bool:
+    """Whether a file name ends in one of IMAGE_SUFFIXES (os.path, not pathlib: it runs per file)."""
+    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
 def png_size(head: bytes) -> tuple[int, int] | None:
     """(width, height) from a PNG's IHDR chunk (its CRC checked), or None when `head` is not one."""
     if len(head) < 33 or head[:8] != _PNG or head[12:16] != b"IHDR":
@@ -172,9 +177,7 @@ class ZipSource(Source):
         """The zip's images, sorted by name as NVlabs' loader sorts them, and its dataset.json."""
         with zipfile.ZipFile(path) as archive:
             infos = [
-                info
-                for info in archive.infolist()
-                if not info.is_dir() and Path(info.filename).suffix.lower() in IMAGE_SUFFIXES
+                info for info in archive.infolist() if not info.is_dir() and is_image_name(info.filename)
             ]
             meta = archive.read("dataset.json") if "dataset.json" in archive.NameToInfo else None
         infos.sort(key=lambda info: info.filename)
