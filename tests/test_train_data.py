@@ -198,6 +198,10 @@ def test_modes_become_rgb_with_alpha_on_white(tmp_path):
     Image.fromarray(grey).save(tmp_path / "2.png")
     Image.fromarray(wide).save(tmp_path / "3.png")
     palette.save(tmp_path / "4.png", transparency=0)
+    turned = Image.fromarray(pixels(8))
+    exif = turned.getexif()
+    exif[0x0112] = 6  # shown turned 90° clockwise
+    turned.save(tmp_path / "5.png", exif=exif.tobytes())
     ts = open_dataset(tmp_path, progress=False)
     flat = Image.new("RGB", (R, R), (255, 255, 255))  # curate export's flattening
     flat.paste(Image.fromarray(rgba), mask=Image.fromarray(rgba).getchannel("A"))
@@ -207,6 +211,7 @@ def test_modes_become_rgb_with_alpha_on_white(tmp_path):
     shown = np.asarray(Image.open(tmp_path / "4.png").convert("RGBA"))
     expected = np.where(shown[:, :, 3:] == 0, 255, shown[:, :, :3]).astype(np.uint8)
     np.testing.assert_array_equal(ts.image(3), chw(expected))
+    np.testing.assert_array_equal(ts.image(4), chw(np.rot90(pixels(8), k=-1)))
 
 
 def test_a_real_export_and_latest_export(fixtures, tmp_path):

@@ -68,7 +68,7 @@ def decode_rgb(data: bytes, name: str) -> np.ndarray:
 
     try:
         with Image.open(io.BytesIO(data)) as image:
-            image = ImageOps.exif_transpose(image)
+            ImageOps.exif_transpose(image, in_place=True)  # in place: no copy when there is nothing to turn
             pixels = np.asarray(_to_rgb(image))
     except Exception as exc:  # a decoder meeting broken bytes may raise anything
         raise UnreadableImage(name, f"does not decode ({exc or type(exc).__name__})") from None
@@ -81,9 +81,9 @@ def _to_rgb(image: Any) -> Any:
     mode = image.mode
     if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):  # wide greyscale: scale, do not clip
         values = np.asarray(image, dtype=np.float64)
-        top = (
-            1.0 if mode == "F" and values.size and values.max() <= 1.0 else 255.0 if mode == "F" else 65535.0
-        )
+        top = 65535.0
+        if mode == "F":  # floats in 0–1 or in 0–255
+            top = 1.0 if values.size and values.max() <= 1.0 else 255.0
         grey = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
         return Image.fromarray(grey).convert("RGB")
     if mode == "RGB" and "transparency" not in image.info:
@@ -273,25 +273,25 @@ class ParquetSource(Source):
         edges = [0, *(np.flatnonzero(np.diff(keys)) + 1).tolist(), len(self)]
         return [range(a, b) for a, b in itertools.pairwise(edges) if b > a]
 
-    def _group(self, number: int, group: int) -> list:
-        """A row group's image bytes, from the per-process cache of recent row groups."""
+    def _group(self, number: int, group: int) -> Any:
+        """A row group's `image` column (Arrow, not Python objects), from the per-process cache."""
         handle = self._file(number)
+        key = (number, group)
         with self._lock:
-            key = (number, group)
             if key in self._groups:
                 self._groups.move_to_end(key)
-                return self._groups[key][0]
-        values = _image_bytes(handle.read_row_group(group, columns=["image"]).column("image"))
-        size = sum(len(v) for v in values if v)
+                return self._groups[key]
+        column = handle.read_row_group(group, columns=["image"]).column("image")
         with self._lock:
-            self._groups[key] = (values, size)
-            while len(self._groups) > 1 and sum(s for _, s in self._groups.values()) > self.cache_bytes:
+            self._groups[key] = column
+            while len(self._groups) > 1 and sum(c.nbytes for c in self._groups.values()) > self.cache_bytes:
                 self._groups.popitem(last=False)
-        return values
+        return column
 
     def read(self, index: int) -> bytes:
         f, g, r = (int(v) for v in self.where[index])
-        data = self._group(f, g)[r]
+        value = self._group(f, g)[r]
+        data = value["bytes"].as_py() if value.is_valid and hasattr(value, "keys") else value.as_py()
         if not data:
             raise UnreadableImage(self.names[index], "has no image bytes")
         return data
