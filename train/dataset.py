@@ -30,6 +30,7 @@ from train.readers import Source, UnreadableImage, decode_rgb
 TRAINABLE = ("stylegan", "parquet", "imagefolder")
 PROGRESS_FROM = 5000  # images: smaller sets are checked faster than a bar can draw
 _SHOWN = 5  # offending files named in one message
+MAX_CLASSES = 1 << 16  # a class index beyond is a corrupt label, not a one-hot to allocate
 
 
 class TrainingSet:
@@ -49,12 +50,8 @@ class TrainingSet:
         export: dict | None = None,
     ):
         self.path, self.format, self.source, self.resolution = path, format, source, resolution
-        self.labels, self.label_names, self.fingerprint, self.export = (
-            labels,
-            label_names,
-            fingerprint,
-            export,
-        )
+        self.labels, self.label_names = labels, label_names
+        self.fingerprint, self.export = fingerprint, export  # export: the export.json beside it
 
     @property
     def num_images(self) -> int:
@@ -181,6 +178,11 @@ def _parse_labels(found: Found) -> tuple[np.ndarray, list[str]]:
         if classes.min() < 0:
             bad = int(np.argmin(classes))
             raise InvalidArgument(f"{where}: {names[bad]} has class index {raw[bad]}; classes count from 0")
+        if classes.max() >= MAX_CLASSES:
+            top = int(np.argmax(classes))
+            raise InvalidArgument(
+                f"{where}: {names[top]} has class index {raw[top]}, over {MAX_CLASSES - 1:,}"
+            )
         labels = np.zeros((count, int(classes.max()) + 1), np.float32)
         labels[np.arange(count), classes] = 1.0
     else:

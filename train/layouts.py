@@ -179,15 +179,18 @@ def _open_parquet(root: Path, files: list[Path], export: dict | None) -> Found:
             raise InvalidArgument(f"{path} has no `image` column (columns: {', '.join(schema.names)})")
         metadata = schema.metadata or {}
         if b"curate.vocabulary" in metadata:
-            vocabularies.add(metadata[b"curate.vocabulary"].decode())
+            try:
+                vocabularies.add(tuple(str(v) for v in json.loads(metadata[b"curate.vocabulary"])))
+            except (ValueError, TypeError):
+                raise InvalidArgument(f"{path}: its curate.vocabulary metadata is not a JSON list") from None
         columns = [c for c in ("split", "label_vector") if c in schema.names]
         labelled |= "label_vector" in columns
         for group in range(handle.num_row_groups):
-            table = handle.read_row_group(group, columns=columns)
+            table = handle.read_row_group(group, columns=columns) if columns else None
             if "split" in columns:
                 rows = [r for r, s in enumerate(table.column("split").to_pylist()) if s == "train"]
             else:
-                rows = list(range(table.num_rows))
+                rows = list(range(handle.metadata.row_group(group).num_rows))
             where += [(number, group, r) for r in rows]
             vectors = table.column("label_vector").to_pylist() if "label_vector" in columns else None
             raw += [vectors[r] if vectors is not None else None for r in rows]
@@ -195,7 +198,7 @@ def _open_parquet(root: Path, files: list[Path], export: dict | None) -> Found:
         raise InvalidArgument(
             f"{root}: the Parquet files carry different label vocabularies (curate.vocabulary)"
         )
-    names = json.loads(vocabularies.pop()) if vocabularies else _vocabulary(export)
+    names = list(vocabularies.pop()) if vocabularies else _vocabulary(export)
     source = ParquetSource(root, files, np.array(where, dtype=np.int64).reshape(-1, 3))
     looked = f"rows of split 'train' in {len(files)} Parquet file(s)" if files else "*.parquet files"
     return Found("parquet", root, source, raw if labelled else None, names, "label_vector", looked, export)
