@@ -241,9 +241,9 @@ def crop(
 ) -> None:
     """Find anime faces in the stored originals and crop them square with margin."""
     from curate.shard import Shard as ShardSpec
-    from detect.cascade import CascadeSettings
-    from detect.crop import CropOptions, DetectorSpec, crop_images
-    from detect.geometry import CropSettings
+    from detect.faces.cascade import CascadeSettings
+    from detect.faces.crop import CropOptions, DetectorSpec, crop_images
+    from detect.faces.geometry import CropSettings
 
     spec = DetectorSpec(
         kind=detector.value,
@@ -326,8 +326,8 @@ def detect_train(
     quiet: Quiet = False,
 ) -> None:
     """Fine-tune the Faster R-CNN face detector on COCO boxes or the cascade's pseudo-labels."""
-    from detect.finetune import DetectTrainOptions
-    from detect.finetune import detect_train as run_detect_train
+    from detect.faces.detect_train import DetectTrainOptions
+    from detect.faces.detect_train import detect_train as run_detect_train
 
     options = DetectTrainOptions(
         annotations=annotations,
@@ -400,8 +400,8 @@ def detect_eval(
     """Precision, recall and AP@0.5 of a detector against COCO-format face boxes."""
     import json
 
-    from detect.crop import DetectorSpec
-    from detect.evaluate import evaluate_detector, format_report
+    from detect.faces.crop import DetectorSpec
+    from detect.faces.evaluate import evaluate_detector, format_report
 
     # The detector keeps low-scoring boxes so AP sees the whole precision-recall curve; precision and
     # recall are read at the crop stage's operating point unless --score-threshold says otherwise.
@@ -458,8 +458,8 @@ def tag(
 ) -> None:
     """Tag every face crop with a WD tagger (timm), beside the post's own booru tags."""
     from curate.shard import Shard as ShardSpec
-    from detect.tag import TagOptions, tag_faces
-    from detect.tagger import Thresholds
+    from detect.tags.tag import TagOptions, tag_faces
+    from detect.tags.tagger import Thresholds
 
     options = TagOptions(
         model=model,
@@ -522,7 +522,7 @@ def tag_train(
     quiet: Quiet = False,
 ) -> None:
     """Fine-tune a timm backbone on the face crops with their booru tags; the result loads as a tagger."""
-    from detect.tag_train import TagTrainOptions, train_tagger
+    from detect.tags.tag_train import TagTrainOptions, train_tagger
 
     labels = None
     if use_labels:

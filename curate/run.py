@@ -155,8 +155,8 @@ def _summary(report: Any) -> str:
 BUILDERS: dict[str, Callable[[dict, bool], Step]] = {
     "crawl": _crawl,
     "ingest": _ingest,
-    "crop": _options_step("crop", "detect.crop.CropOptions", "detect.crop.crop_images"),
-    "tag": _options_step("tag", "detect.tag.TagOptions", "detect.tag.tag_faces"),
+    "crop": _options_step("crop", "detect.faces.crop.CropOptions", "detect.faces.crop.crop_images"),
+    "tag": _options_step("tag", "detect.tags.tag.TagOptions", "detect.tags.tag.tag_faces"),
     "labels": _labels,
     "embed": _options_step("embed", "embed.stage.EmbedOptions", "embed.stage.embed_faces"),
     "filter": _options_step("filter", "embed.filter.FilterOptions", "embed.filter.filter_faces"),

@@ -17,7 +17,7 @@ from pathlib import Path
 from crawl.local import ingest_folder
 from curate.manifest import CROP, OK, now_utc, read_stage, write_part
 from curate.workspace import Workspace
-from detect.crop import CropOptions, DetectorSpec, crop_images
+from detect.faces.crop import CropOptions, DetectorSpec, crop_images
 
 PATCH_SIDE = 256  # bad crops are stored at this size, as a face crop of a large source would be
 
