@@ -6,8 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from curate import summaries
 from curate.cli import options as opt
-from curate.cli.options import err, out, print_outcomes
 from curate.cli.program import app
 
 
@@ -70,35 +70,7 @@ def embed(
         retry_failed=retry_failed,
         progress=not quiet,
     )
-    report = embed_faces(workspace, options)
-    if report.training is not None:
-        trained = report.training
-        if trained.resumed_from == trained.epochs:
-            out.print(f"embedding model already trained for {trained.epochs} epochs")
-        else:
-            losses = ", ".join(f"{x:.3f}" for x in trained.losses[trained.resumed_from :])
-            how = "exact softmax" if trained.full_softmax else "NCE"
-            out.print(
-                f"[bold]embed-train[/bold] epochs {trained.resumed_from} → {trained.epochs} ({how}): "
-                f"loss {losses}"
-            )
-    out.print(
-        f"[bold]embed[/bold] ({report.model}): {report.faces:,} faces, {report.already_done:,} already done"
-    )
-    print_outcomes(report.outcomes)
-    if report.index is not None:
-        info = report.index
-        detail = f", nprobe {info.nprobe}" if info.nprobe else ""
-        out.print(
-            f"  index: {info.kind} over {info.vectors:,} × {info.dim}{detail}, "
-            f"recall@{info.k} {info.recall_at_k:.3f}"
-        )
-    if report.knn is not None:
-        knn = report.knn
-        out.print(
-            f"  tags by weighted kNN on {knn.held_out:,} held-out faces: mAP {knn.map:.3f} over "
-            f"{knn.labels} labels (chance {knn.chance:.3f})"
-        )
+    opt.show(summaries.embed_summary(embed_faces(workspace, options)))
 
 
 @app.command("filter")
@@ -158,29 +130,4 @@ def filter_command(
         dedup=dedup or None,
         dedup_pixels=dedup_pixels or None,
     )
-    report = filter_faces(workspace, options)
-    estimate = (
-        f", estimated precision {report.estimated_precision:.2f}"
-        if report.estimated_precision is not None
-        else ""
-    )
-    out.print(
-        f"[bold]filter[/bold]: {report.kept:,} of {report.faces:,} faces kept; "
-        f"seeds {report.good_seeds} good, {report.bad_seeds} bad; mined {report.mined_good} good, "
-        f"{report.mined_bad} bad; threshold {report.threshold:.3f}{estimate}"
-    )
-    for reason, count in report.reasons.most_common():
-        if reason != "kept":
-            out.print(f"  dropped {count:,}: {reason}", highlight=False)
-    if not report.target_met:
-        err.print(
-            f"[yellow]warning:[/yellow] no threshold reaches precision {target_precision:.2f} on the seeds "
-            "(leave-one-out), so the majority vote (0.5) was used. Give more seeds, seeds nearer the "
-            "boundary, or --threshold."
-        )
-    if report.collapsed:
-        err.print(
-            f"[yellow]warning:[/yellow] faces are {report.nearest_similarity:.3f} alike to their nearest "
-            "neighbour (median): the embedding barely tells them apart, so votes and duplicates mean "
-            "little. Train it longer (`curate embed --epochs`) or use --features timm:<name>."
-        )
+    opt.show(summaries.filter_summary(filter_faces(workspace, options), target_precision))

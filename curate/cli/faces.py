@@ -7,8 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from curate import summaries
 from curate.cli import options as opt
-from curate.cli.options import exit_if_interrupted, out, print_outcomes
+from curate.cli.options import out
 from curate.cli.program import app
 
 
@@ -69,20 +70,7 @@ def crop(
         workers=workers,
         **opt.per_image(shard, force, retry_failed, quiet, part_rows),
     )
-    report = crop_images(workspace, options)
-    if not report.images and not report.interrupted:
-        out.print(
-            f"all {report.already_done:,} images in {workspace} are already cropped: nothing to do.\n"
-            "--retry-failed tries failed images again; --force redoes them all."
-        )
-        return
-    out.print(
-        f"[bold]crop[/bold] ({detector.value}): {report.images:,} images, {report.faces:,} faces cropped, "
-        f"{report.already_done:,} images already done"
-    )
-    print_outcomes(report.outcomes)
-    out.print(f"  {report.seconds:.1f} s ({report.images / max(report.seconds, 1e-9):.1f} images/s)")
-    exit_if_interrupted(report.interrupted)
+    opt.show(summaries.crop_summary(crop_images(workspace, options), detector.value, workspace))
 
 
 @app.command("detect-train")
@@ -144,24 +132,7 @@ def detect_train(
         force=force,
         progress=not quiet,
     )
-    report = run_detect_train(workspace, options)
-    if report.up_to_date:
-        out.print(
-            f"{report.last} is already trained for {report.steps:,} steps: nothing to do.\n"
-            "A larger --steps goes on; --force starts again."
-        )
-        return
-    skipped = f", {report.skipped_images:,} left out under --min-score" if report.skipped_images else ""
-    out.print(
-        f"[bold]detect-train[/bold] on {report.labels}: {report.train_images:,} images with "
-        f"{report.boxes:,} faces, {report.val_images:,} held out{skipped}"
-    )
-    loss = f", recent loss {report.recent_loss:.4f}" if report.recent_loss is not None else ""
-    out.print(f"  steps {report.resumed_from:,} → {report.steps:,}{loss}")
-    if report.validation:
-        out.print(f"  held-out AP@0.5 by step: {', '.join(f'{s}: {ap:.3f}' for s, ap in report.validation)}")
-    model = report.best or report.last
-    out.print(f"  checkpoint {model}\n  use it: curate crop --detector frcnn --model {model}")
+    opt.show(summaries.detect_train_summary(run_detect_train(workspace, options)))
 
 
 @app.command("detect-eval")

@@ -1,4 +1,4 @@
-"""What the commands share: the consoles, the options many of them take, and the exit after Ctrl-C.
+"""What the commands share: the consoles, the options many take, printing a summary, the exit after Ctrl-C.
 
 An option spelled the same way everywhere is an alias (`workspace: Workspace = DEFAULT_WORKSPACE`); one
 whose help text says something per command comes from a function of that text
@@ -7,15 +7,17 @@ whose help text says something per command comes from a function of that text
 
 from __future__ import annotations
 
-from collections import Counter
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 
 from curate.workspace import DEFAULT_ROOT
+
+if TYPE_CHECKING:
+    from curate.summaries import Summary
 
 out = Console(soft_wrap=True)  # long paths stay whole in logs and pipes
 err = Console(stderr=True, soft_wrap=True)
@@ -113,12 +115,10 @@ def exit_if_interrupted(interrupted: bool) -> None:
         raise typer.Exit(130)
 
 
-def print_outcomes(outcomes: Counter[tuple[str, str | None]]) -> None:
-    from curate.manifest import STATUSES
-
-    for status_name in STATUSES:
-        codes = Counter({code: n for (s, code), n in outcomes.items() if s == status_name})
-        total = sum(codes.values())
-        if total:
-            detail = ", ".join(f"{code} {n}" for code, n in codes.most_common() if code)
-            out.print(f"  {status_name:<8}{total:>8,}" + (f"  ({detail})" if detail else ""), highlight=False)
+def show(summary: Summary) -> None:
+    """Print a stage's summary (its warnings to stderr), and exit 130 if Ctrl-C stopped the stage."""
+    for line in summary.lines:
+        out.print(line, highlight=False)
+    for line in summary.warnings:
+        err.print(line, highlight=False)
+    exit_if_interrupted(summary.interrupted)

@@ -7,8 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from curate import summaries
 from curate.cli import options as opt
-from curate.cli.options import out
+from curate.cli.options import err, out
 from curate.cli.program import app
 from curate.errors import InvalidArgument
 
@@ -55,15 +56,7 @@ def export(
     options = ExportOptions(
         format=format, out=out_dir, resolution=resolution, select=select, progress=not quiet
     )
-    report = export_dataset(workspace, options)
-    counts = ", ".join(f"{split} {n:,}" for split, n in report.counts.items())
-    if report.unchanged:
-        out.print(f"[bold]export[/bold]: {report.out} is already this export ({counts}); nothing to do")
-        return
-    chosen = "kept by the filter" if report.filtered else "all faces (no filter ran)"
-    out.print(f"[bold]export[/bold]: {counts} faces ({chosen}), {report.labels} labels → {report.out}")
-    for reason, count in sorted(report.dropped.items()):
-        out.print(f"  left out {count:,}: {reason}", highlight=False)
+    opt.show(summaries.export_summary(export_dataset(workspace, options)))
 
 
 @app.command()
@@ -82,15 +75,22 @@ def run_command(
     quiet: opt.Quiet = False,
 ) -> None:
     """Run the stages a config names, in order; each skips what is done, so a killed run continues."""
-    from curate.run import plan, run_config
+    from curate.run import describe, plan, run_config
 
     if dry_run:
         workspace, steps = plan(config, progress=not quiet)
-        out.print(f"workspace {workspace}")
-        for number, step in enumerate(steps, 1):
-            out.print(f"{number}. [bold]{step.stage}[/bold]: {step.options}", highlight=False)
+        for line in [f"workspace {workspace}", *describe(steps)]:
+            out.print(line, highlight=False)
         return
-    run_config(config, progress=not quiet, say=lambda line: out.print(line, highlight=False))
+    try:
+        run_config(
+            config,
+            progress=not quiet,
+            say=lambda line: out.print(line, highlight=False),
+            warn=lambda line: err.print(line, highlight=False),
+        )
+    except KeyboardInterrupt:
+        opt.exit_if_interrupted(True)
 
 
 @app.command()

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from curate import summaries
 from curate.cli import options as opt
-from curate.cli.options import exit_if_interrupted, out, print_outcomes
 from curate.cli.program import app
 
 MinSide = Annotated[int, typer.Option(min=0, help="Skip images whose shorter side is under PX.")]
@@ -91,25 +91,7 @@ def crawl(
         timeout=(min(10.0, timeout), timeout),
         retry=RetryPolicy(attempts=retries),
     )
-    report = crawl_board(workspace, options, progress=not quiet)
-    if report.up_to_date:
-        out.print(
-            f"crawl of '{report.query}' is already complete in {workspace}: nothing to do.\n"
-            "A larger --limit extends it; --retry-failed tries failed posts again; --force redoes it."
-        )
-        return
-    total = f" of {report.total:,} on the board" if report.total is not None else ""
-    out.print(f"[bold]crawl[/bold] '{report.query}': {report.listed:,} posts listed{total}")
-    if report.already_done:
-        out.print(f"  {report.already_done:,} were already done")
-    print_outcomes(report.outcomes)
-    rate_text = f"{report.written / max(report.seconds, 1e-9):.1f} posts/s"
-    out.print(
-        f"  {report.bytes / 1e6:.1f} MB in {report.seconds:.1f} s ({rate_text}), {report.retries} retries"
-    )
-    if report.exhausted:
-        out.print("  the board has no more posts for this query")
-    exit_if_interrupted(report.interrupted)
+    opt.show(summaries.crawl_summary(crawl_board(workspace, options, progress=not quiet), workspace))
 
 
 @app.command()
@@ -134,12 +116,4 @@ def ingest(
         retry_failed=retry_failed,
         progress=not quiet,
     )
-    if not report.written:
-        out.print(f"all {report.listed:,} images under {report.root} are already ingested: nothing to do.")
-        return
-    out.print(
-        f"[bold]ingest[/bold] {report.root}: {report.listed:,} images, {report.already_done:,} already done"
-    )
-    print_outcomes(report.outcomes)
-    out.print(f"  {report.bytes / 1e6:.1f} MB in {report.seconds:.1f} s")
-    exit_if_interrupted(report.interrupted)
+    opt.show(summaries.ingest_summary(report))

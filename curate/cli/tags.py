@@ -7,8 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from curate import summaries
 from curate.cli import options as opt
-from curate.cli.options import exit_if_interrupted, out, print_outcomes
+from curate.cli.options import out
 from curate.cli.program import app
 
 
@@ -50,20 +51,7 @@ def tag(
         workers=workers,
         **opt.per_image(shard, force, retry_failed, quiet, part_rows),
     )
-    report = tag_faces(workspace, options)
-    if not report.faces and not report.interrupted:
-        out.print(
-            f"all {report.already_done:,} faces in {workspace} are already tagged: nothing to do.\n"
-            "--retry-failed tags failed faces again; --force tags them all."
-        )
-        return
-    out.print(f"[bold]tag[/bold]: {report.faces:,} faces, {report.already_done:,} already done")
-    print_outcomes(report.outcomes)
-    if report.labels:
-        common = ", ".join(f"{name}: {n}" for name, n in report.labels.most_common(8))
-        out.print(f"  most given: {common}", highlight=False)
-    out.print(f"  {report.seconds:.1f} s ({report.faces / max(report.seconds, 1e-9):.2f} faces/s)")
-    exit_if_interrupted(report.interrupted)
+    opt.show(summaries.tag_summary(tag_faces(workspace, options), workspace))
 
 
 @app.command("tag-train")
@@ -121,26 +109,7 @@ def tag_train(
         force=force,
         progress=not quiet,
     )
-    report = train_tagger(workspace, options)
-    if report.up_to_date:
-        out.print(
-            f"{report.out} is already trained for {report.epochs[-1].epoch} epochs: nothing to do.\n"
-            "A larger --epochs goes on; --force starts again."
-        )
-        return
-    out.print(
-        f"[bold]tag-train[/bold] {backbone}: {len(report.labels)} labels, {report.train_faces:,} faces, "
-        f"{report.val_faces:,} held out; epochs {report.resumed_from} → {report.epochs[-1].epoch}"
-    )
-    for result in report.epochs[report.resumed_from :]:
-        held = (
-            f", held-out mAP {result.val_map:.3f}, F1 {result.val_f1:.3f}"
-            if result.val_map is not None
-            else ""
-        )
-        out.print(f"  epoch {result.epoch}: loss {result.loss:.4f}{held}", highlight=False)
-    model = report.best or report.last
-    out.print(f"  tagger {model}\n  use it: curate tag --model {model}")
+    opt.show(summaries.tag_train_summary(train_tagger(workspace, options), backbone))
 
 
 labels_app = typer.Typer(help="Tag statistics and the label vocabulary training uses.", no_args_is_help=True)
@@ -206,7 +175,4 @@ def labels_select(
         min_count=min_count,
         exclude=excluded,
     )
-    shown = ", ".join(f"{t}: {vocabulary.counts[t]}" for t in vocabulary.labels[:12])
-    more = f" … ({len(vocabulary.labels)} in all)" if len(vocabulary.labels) > 12 else ""
-    out.print(f"[bold]{len(vocabulary.labels)} labels[/bold] over {vocabulary.faces:,} faces: {shown}{more}")
-    out.print(f"written to {path}")
+    opt.show(summaries.labels_summary(vocabulary, path))
