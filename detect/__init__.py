@@ -1,1 +1,1 @@
-"""Face detection and cropping: OpenCV cascade, torchvision Faster R-CNN, crop geometry, the crop stage."""
+"""Faces and tags: `detect.faces` finds and crops anime faces, `detect.tags` tags the crops."""

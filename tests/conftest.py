@@ -104,7 +104,7 @@ def cascade_workspace(
 ) -> Workspace:
     """A workspace of some face fixtures (with booru JSON sidecars if given), ingested and cascade-cropped."""
     from crawl.local import ingest_folder
-    from detect.crop import CropOptions, DetectorSpec, crop_images
+    from detect.faces.crop import CropOptions, DetectorSpec, crop_images
 
     folder = root / "faces"
     folder.mkdir(parents=True)

@@ -18,8 +18,8 @@ from crawl.local import ingest_folder
 from curate.images import ImageCheckError
 from curate.manifest import CROP, OK, now_utc, read_stage, write_part
 from curate.workspace import Workspace
-from detect.crop import CropOptions, DetectorSpec, crop_images
-from detect.decode import decode
+from detect.faces.crop import CropOptions, DetectorSpec, crop_images
+from detect.faces.decode import decode
 
 PATCH_SIDE = 256  # bad crops are stored at this size, as a face crop of a large source would be
 

@@ -78,7 +78,7 @@ def test_status_and_ingest_of_missing_things_are_clear(tmp_path):
     assert result.returncode == 2 and "is not a folder" in result.stderr
 
 
-def test_help_and_crawl_never_import_heavy_libraries(booru, ws):
+def test_help_crawl_and_status_never_import_heavy_libraries(booru, ws):
     probe = f"""
 import sys
 from typer.testing import CliRunner
@@ -89,6 +89,7 @@ heavy_after_help = [m for m in ("pyarrow", "requests", "PIL") if m in sys.module
 result = runner.invoke(app, ["crawl", "--tags", "solo", "--limit", "3", "--base-url", "{booru.url}",
                              "--rate", "0", "-w", r"{ws.root}", "--quiet"])
 assert result.exit_code == 0, result.output
+assert runner.invoke(app, ["status", "-w", r"{ws.root}"]).exit_code == 0
 print(heavy_after_help, [m for m in ("torch", "timm", "faiss", "cv2", "torchvision") if m in sys.modules])
 """
     result = subprocess.run(
@@ -96,3 +97,16 @@ print(heavy_after_help, [m for m in ("torch", "timm", "faiss", "cv2", "torchvisi
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[] []"
+
+
+def test_help_lists_every_family_of_commands_in_pipeline_order():
+    import typer
+
+    from curate.cli import app
+
+    group = typer.main.get_command(app)
+    assert group.list_commands(None) == [
+        "crawl", "ingest", "crop", "detect-train", "detect-eval", "tag", "tag-train", "embed", "filter",
+        "export", "report", "run", "status", "labels",
+    ]  # fmt: skip
+    assert group.get_command(None, "labels").list_commands(None) == ["stats", "select"]

@@ -18,9 +18,9 @@ from curate.errors import InvalidArgument
 from curate.manifest import CRAWL, CROP, read_stage
 from curate.shard import Shard
 from curate.workspace import Workspace
-from detect.boxes import Box, iou
-from detect.crop import CropOptions, DetectorSpec, crop_images
-from detect.geometry import CropSettings
+from detect.faces.boxes import Box, iou
+from detect.faces.crop import CropOptions, DetectorSpec, crop_images
+from detect.faces.geometry import CropSettings
 from tests.conftest import REPO
 
 REJECTED_KINDS = {"non_human", "scenery", "real_photo"}
@@ -181,7 +181,7 @@ class FixedBoxes:
 
 
 def test_small_faces_get_too_small_rows_and_crops_use_full_resolution(fixtures, face_images, tmp_path):
-    from detect.crop import Cropper, Job
+    from detect.faces.crop import Cropper, Job
 
     ws = Workspace.open(tmp_path / "ws")
     source = next(p for p in face_images if p.name == "dbregion__code_app1.jpg")  # 1024×1448 JPEG
@@ -229,7 +229,7 @@ def test_the_cascade_path_never_imports_torch(fixtures, face_images, tmp_path):
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from detect.crop import CropOptions, DetectorSpec, crop_images\n"
+        "from detect.faces.crop import CropOptions, DetectorSpec, crop_images\n"
         f"spec = DetectorSpec(model=Path({str(fixtures / 'models' / 'lbpcascade_animeface.xml')!r}))\n"
         f"report = crop_images({str(ws)!r}, CropOptions(detector=spec, progress=False))\n"
         "print(report.images, 'torch' in sys.modules)\n"

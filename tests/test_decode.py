@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from curate.images import ImageCheckError
-from detect.decode import decode, is_monochrome
+from detect.faces.decode import decode, is_monochrome
 from tests.conftest import CORRUPT
 
 

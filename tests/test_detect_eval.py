@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from curate.errors import InvalidArgument
-from detect.boxes import Box
-from detect.coco import CocoImage, load_coco
-from detect.evaluate import average_precision, evaluate, evaluate_detector, format_report
+from detect.faces.boxes import Box
+from detect.faces.coco import CocoImage, load_coco
+from detect.faces.evaluate import average_precision, evaluate, evaluate_detector, format_report
 
 # Ground truth, all images 200x200 (xywh in the file, corners below):
 #   one.jpg    A = (10,10)-(60,60), B = (100,100)-(160,160)
@@ -370,7 +370,7 @@ def test_cli_detect_eval_with_the_cascade(fixtures, tmp_path):
     import subprocess
     import sys
 
-    from detect.coco import write_coco
+    from detect.faces.coco import write_coco
     from tests.conftest import REPO
 
     faces = fixtures / "images" / "faces"

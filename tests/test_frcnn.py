@@ -13,15 +13,15 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
 from curate.errors import ModelError  # noqa: E402
-from detect.boxes import Box  # noqa: E402
-from detect.decode import decode  # noqa: E402
-from detect.frcnn import (  # noqa: E402
+from detect.faces.boxes import Box  # noqa: E402
+from detect.faces.decode import decode  # noqa: E402
+from detect.faces.frcnn import (  # noqa: E402
     FasterRCNNDetector,
     build_model,
     load_model,
     save_checkpoint,
 )
-from detect.mmdet import convert_mmdet_state_dict  # noqa: E402
+from detect.faces.mmdet import convert_mmdet_state_dict  # noqa: E402
 
 SMALL = {"min_size": 256, "max_size": 427}  # fast on a CPU; the layout does not depend on it
 FACE = "dbregion__code_ap_ois_ods_images_1.input.png"  # 1024×1430, one face at x382 y255 w303 h303

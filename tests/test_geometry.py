@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from curate.errors import InvalidArgument
-from detect.boxes import Box, iou
-from detect.geometry import CropSettings, crop_box, cut, pad_colour, resize
+from detect.faces.boxes import Box, iou
+from detect.faces.geometry import CropSettings, crop_box, cut, pad_colour, resize
 
 
 def test_crop_box_is_square_with_margin_and_lift():

@@ -13,9 +13,13 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from curate import run
+from curate.cli import app
 from curate.errors import InvalidArgument
-from curate.run import plan
+from curate.run import Step, plan
+from curate.summaries import Summary
 from tests.conftest import REPO
 
 pytest.importorskip("torch")
@@ -111,10 +115,41 @@ def zip_contents(path: Path) -> dict[str, bytes]:
         return {name: archive.read(name) for name in archive.namelist()}
 
 
+def said_by_stage(output: str) -> dict[str, list[str]]:
+    """The lines `curate run` printed under each `▶ stage`."""
+    said: dict[str, list[str]] = {}
+    for line in output.splitlines():
+        if line.startswith("▶ "):
+            said[line[2:]] = lines = []
+        else:
+            lines.append(line)
+    return said
+
+
+def command_says(*args: object) -> list[str]:
+    """What a stage's own command prints (in this process: torch is loaded already)."""
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.stdout.splitlines()
+
+
 def test_a_run_goes_from_the_board_to_an_export(setup):
     output = finish(curate_run(write_config(setup, "whole")))
-    stages = [line[2:] for line in output.splitlines() if line.startswith("▶ ")]
-    assert stages == ["crawl", "crop", "tag", "labels", "embed", "filter", "export"]
+    said = said_by_stage(output)
+    assert list(said) == ["crawl", "crop", "tag", "labels", "embed", "filter", "export"]
+    assert not any(repr_ in output for repr_ in ("Report(", "Counter(", "Options(", "Result("))
+    # each stage says what its own command says: a headline, then rows by status
+    assert said["crawl"][0].startswith("crawl 'solo': ") and "posts listed" in said["crawl"][0]
+    assert said["crawl"][1].split()[:1] == ["ok"] and " MB in " in said["crawl"][-2]
+    assert said["crawl"][-1] == "  the board has no more posts for this query"
+    assert said["crop"][0].startswith("crop (cascade): ") and "faces cropped" in said["crop"][0]
+    assert said["tag"][0].startswith("tag: ") and said["tag"][-2].startswith("  most given: ")
+    assert said["labels"][0].startswith("4 labels over ") and said["labels"][1].startswith("written to ")
+    assert said["embed"][0].startswith("embed-train epochs 0 → 2 (")
+    assert said["embed"][1].startswith("embed (instdisc:test_resnet): ")
+    assert said["filter"][0].startswith("filter: ") and "faces kept; seeds " in said["filter"][0]
+    exported = [line for line in said["export"] if line.startswith("export: ")]
+    assert [line.rsplit("/", 1)[-1] for line in exported] == ["stylegan", "parquet"]
     export = setup[0] / "whole" / "export"
     train = zip_contents(export / "stylegan" / "dataset.zip")
     labels = json.loads(train["dataset.json"])["labels"]
@@ -124,8 +159,21 @@ def test_a_run_goes_from_the_board_to_an_export(setup):
         record["counts"]["train"] == len(labels)
         and record["labels"] == json.loads((setup[0] / "whole" / "labels.json").read_text())["labels"]
     )
-    again = finish(curate_run(write_config(setup, "whole")))  # everything is done: nothing changes
-    assert "stylegan: unchanged" in again and "parquet: unchanged" in again
+    again = said_by_stage(finish(curate_run(write_config(setup, "whole"))))  # all done: nothing changes
+    root, url, cascade, tagger = setup
+    ws = root / "whole"
+    crawl = ["--tags", "solo", "--limit", 1000, "--base-url", url, "--rate", 0, "-w", ws, "--quiet"]
+    assert again["crawl"] == command_says("crawl", *crawl)
+    assert again["crawl"][0] == f"crawl of 'solo' is already complete in {ws}: nothing to do."
+    assert again["crop"] == command_says("crop", "-w", ws, "--model", cascade, "--quiet")
+    tag = ["-w", ws, "--model", tagger, "--device", "cpu", "--workers", 0, "--quiet"]
+    assert again["tag"] == command_says("tag", *tag)
+    export = ["-w", ws, "--resolution", 32, "--validation", 0.1, "--quiet"]
+    assert again["export"] == [
+        *command_says("export", *export, "--format", "stylegan"),
+        *command_says("export", *export, "--format", "parquet"),
+    ]
+    assert all("is already this export" in line for line in again["export"])
 
 
 def test_a_killed_run_started_again_gives_the_same_export(setup):
@@ -162,9 +210,52 @@ def test_the_plan_checks_every_table_first(setup, tmp_path):
     bad.write_text("workspace = \n")
     with pytest.raises(InvalidArgument, match="not valid TOML"):
         plan(bad)
+
+
+def test_the_dry_run_prints_each_stage_with_the_options_that_differ_from_the_defaults(setup):
+    config = write_config(setup, "dry")
+    text = config.read_text().replace(
+        "timeout = [5.0, 5.0]\n",  # a secret, and options at their defaults
+        'timeout = [5.0, 5.0]\napi_key = "s3cret-key"\nuser_id = "u-4242"\nsize = "original"\n',
+    )
+    config.write_text(text.replace('good_query = "portrait"\n', 'good_query = "portrait"\nk = 10\n'))
     done = subprocess.run(
-        [sys.executable, "-m", "curate", "run", str(write_config(setup, "planned")), "--dry-run"],
+        [sys.executable, "-m", "curate", "run", str(config), "--dry-run"],
         capture_output=True, text=True, timeout=120, cwd=REPO,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "1. crawl" in done.stdout and "7. export" in done.stdout
+    root, url, cascade, tagger = setup
+    assert done.stdout.splitlines() == [
+        f"workspace {root / 'dry'}",
+        f'1. crawl: tags="solo", limit=1000, base_url="{url}", rate=0, concurrency=4, timeout=[5.0, 5.0], '
+        "retry.attempts=3, retry.backoff=0.01",
+        f'2. crop: detector.model="{cascade}"',
+        f'3. tag: model="{tagger}", device="cpu", workers=0',
+        "4. labels: top=4",
+        '5. embed: train.backbone="test_resnet", train.dim=16, train.size=32, train.epochs=2, '
+        'train.batch_size=8, train.device="cpu", train.workers=0',
+        '6. filter: good_query="portrait"',
+        "7. export:",
+        '   - format="stylegan", resolution=32, select.validation=0.1',
+        '   - format="parquet", resolution=32, select.validation=0.1',
+    ]
+    assert not (root / "dry").exists()
+
+
+def test_a_stage_stopped_by_ctrl_c_stops_the_run_as_its_command_would(tmp_path, monkeypatch):
+    ran = []
+
+    def stopped(table: dict, progress: bool) -> Step:
+        return Step("labels", table, lambda ws: Summary(["[bold]labels[/bold] half done"], interrupted=True))
+
+    def after(table: dict, progress: bool) -> Step:
+        return Step("export", table, lambda ws: ran.append("export") or Summary())
+
+    monkeypatch.setitem(run.BUILDERS, "labels", stopped)
+    monkeypatch.setitem(run.BUILDERS, "export", after)
+    config = tmp_path / "stop.toml"
+    config.write_text('workspace = "w"\n[labels]\n[export]\n')
+    result = CliRunner().invoke(app, ["run", str(config)])
+    assert result.exit_code == 130 and not ran
+    assert result.stdout.splitlines() == ["▶ labels", "labels half done"]
+    assert "interrupted: what finished is saved" in result.stderr

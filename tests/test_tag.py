@@ -16,7 +16,7 @@ from curate.errors import InvalidArgument
 from curate.manifest import CRAWL, CROP, TAG, part_files, part_metadata, read_stage
 from curate.shard import Shard
 from curate.workspace import Workspace
-from detect.tag import TagOptions, tag_faces
+from detect.tags.tag import TagOptions, tag_faces
 from tests.conftest import REPO, cascade_workspace
 from tests.taggers import make_model, probability, save_wd_folder
 

@@ -15,14 +15,14 @@ pytest.importorskip("timm")
 from curate.errors import InvalidArgument
 from curate.metrics import average_precision, micro_f1
 from curate.workspace import Workspace
-from detect.tag_train import (
+from detect.tags.tag_train import (
     Sample,
     TagTrainOptions,
     _Run,
     choose_vocabulary,
     train_tagger,
 )
-from detect.tagger import CHARACTER, GENERAL, Tagger, preprocess_files
+from detect.tags.tagger import CHARACTER, GENERAL, Tagger, preprocess_files
 from tests.conftest import REPO, cascade_workspace
 
 # images with one cascade face each; alternate booru tags give the tagger something to learn

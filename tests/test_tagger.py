@@ -11,7 +11,7 @@ from PIL import Image
 
 from curate.errors import InvalidArgument, ModelError
 from curate.tagnames import canonical_tag, merge_labels
-from detect.tagger import (
+from detect.tags.tagger import (
     Preprocessing,
     Tagger,
     TagList,

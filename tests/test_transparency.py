@@ -116,7 +116,7 @@ class WholeImage:
         return 1.0
 
     def detect(self, images, min_faces=None):
-        from detect.boxes import Box
+        from detect.faces.boxes import Box
 
         return [[Box(0, 0, image.shape[1], image.shape[0], 1.0)] for image in images]
 
@@ -125,8 +125,8 @@ class WholeImage:
 
 
 def test_crops_of_transparent_originals(transparent, tmp_path):
-    from detect.crop import Cropper, DetectorSpec, Job
-    from detect.geometry import CropSettings
+    from detect.faces.crop import Cropper, DetectorSpec, Job
+    from detect.faces.geometry import CropSettings
 
     ws = Workspace.open(tmp_path / "ws")
     ws.images.mkdir(parents=True)

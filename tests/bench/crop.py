@@ -33,9 +33,9 @@ import numpy as np  # noqa: E402
 
 from curate.manifest import CRAWL, CROP, OK, now_utc, read_stage, write_part  # noqa: E402
 from curate.workspace import Workspace  # noqa: E402
-from detect.boxes import Box, iou  # noqa: E402
-from detect.crop import CropOptions, DetectorSpec, crop_images  # noqa: E402
-from detect.geometry import CropSettings  # noqa: E402
+from detect.faces.boxes import Box, iou  # noqa: E402
+from detect.faces.crop import CropOptions, DetectorSpec, crop_images  # noqa: E402
+from detect.faces.geometry import CropSettings  # noqa: E402
 from tests.fakebooru import fixture_dir  # noqa: E402
 
 TARGET_SPEEDUP = 1.8
@@ -110,8 +110,8 @@ def frcnn_images_per_s(paths: list[Path], images: int) -> float:
     """Faster R-CNN (ResNet-50 FPN, 800 px, random weights) images/s through the crop stage's detector."""
     import torch
 
-    from detect.decode import decode
-    from detect.frcnn import FasterRCNNDetector, build_model, save_checkpoint
+    from detect.faces.decode import decode
+    from detect.faces.frcnn import FasterRCNNDetector, build_model, save_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "random.pt"

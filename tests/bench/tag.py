@@ -32,9 +32,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched: the model is
 from crawl.local import ingest_folder  # noqa: E402
 from curate.manifest import CROP, OK, TAG, now_utc, read_stage, write_part  # noqa: E402
 from curate.workspace import Workspace  # noqa: E402
-from detect.crop import CropOptions, DetectorSpec, crop_images  # noqa: E402
-from detect.tag import TagOptions, tag_faces  # noqa: E402
-from detect.tagger import Tagger, Thresholds, preprocess_files, read_prediction  # noqa: E402
+from detect.faces.crop import CropOptions, DetectorSpec, crop_images  # noqa: E402
+from detect.tags.tag import TagOptions, tag_faces  # noqa: E402
+from detect.tags.tagger import Tagger, Thresholds, preprocess_files, read_prediction  # noqa: E402
 from tests.fakebooru import fixture_dir  # noqa: E402
 from tests.taggers import save_wd_folder  # noqa: E402
 

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from detect.boxes import Box
+from detect.faces.boxes import Box
 
 
 class Detector(Protocol):

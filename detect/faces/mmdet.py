@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from curate.errors import ModelError
 
-if TYPE_CHECKING:  # torch is imported where tensors are touched, as everywhere outside detect.frcnn
+if TYPE_CHECKING:  # torch is imported where tensors are touched, as everywhere outside detect.faces.frcnn
     from torch import Tensor
 
 # how a tensor changes on its way from mmdet to torchvision
@@ -88,13 +88,13 @@ def mmdet_key(key: str) -> tuple[str, _Transform] | None:
 def convert_mmdet_state_dict(
     state: Mapping[str, Tensor], *, reference: Mapping[str, Tensor] | None = None
 ) -> dict[str, Tensor]:
-    """mmdet v2 Faster R-CNN R50-FPN weights renamed and laid out for `detect.frcnn.build_model`.
+    """mmdet v2 Faster R-CNN R50-FPN weights renamed and laid out for `detect.faces.frcnn.build_model`.
 
     `reference` is the target model's state dict (default: a fresh `build_model()`); every one of its
     keys must be filled with the right shape and every mmdet key used, else ModelError lists them.
     """
     if reference is None:
-        from detect.frcnn import build_model
+        from detect.faces.frcnn import build_model
 
         reference = build_model().state_dict()
     if state and all(k.startswith("module.") for k in state):  # saved from a DataParallel wrapper

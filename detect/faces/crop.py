@@ -25,11 +25,11 @@ from curate.processes import cpu_count, exit_with, limit_malloc_arenas, without_
 from curate.progress import StageProgress
 from curate.shard import Shard
 from curate.workspace import Workspace, land
-from detect.boxes import Box
-from detect.cascade import CascadeSettings
-from detect.decode import Decoded, decode
-from detect.detector import Detector
-from detect.geometry import CropSettings, crop_box, cut, resize
+from detect.faces.boxes import Box
+from detect.faces.cascade import CascadeSettings
+from detect.faces.decode import Decoded, decode
+from detect.faces.detector import Detector
+from detect.faces.geometry import CropSettings, crop_box, cut, resize
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,10 @@ class DetectorSpec:
 
     def build(self) -> Detector:
         if self.kind == "cascade":
-            from detect.cascade import CascadeDetector
+            from detect.faces.cascade import CascadeDetector
 
             return CascadeDetector(self.model or registry.resolve(registry.CASCADE), self.cascade)
-        from detect.frcnn import FasterRCNNDetector
+        from detect.faces.frcnn import FasterRCNNDetector
 
         return FasterRCNNDetector(
             model_path=self.model,

@@ -14,17 +14,17 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
 from curate.errors import InvalidArgument, ModelError  # noqa: E402
-from detect.boxes import Box, iou  # noqa: E402
-from detect.coco import CocoImage  # noqa: E402
-from detect.decode import Decoded, decode  # noqa: E402
-from detect.frcnn import FasterRCNNDetector, load_model  # noqa: E402
-from detect.train import (  # noqa: E402
+from detect.faces.boxes import Box, iou  # noqa: E402
+from detect.faces.coco import CocoImage  # noqa: E402
+from detect.faces.decode import Decoded, decode  # noqa: E402
+from detect.faces.detector_training import (  # noqa: E402
     BatchPlan,
     Schedule,
     average_precision,
     boxes_for_training,
     train_detector,
 )
+from detect.faces.frcnn import FasterRCNNDetector, load_model  # noqa: E402
 
 # One face per image, from the fixture manifest's notes (pixels of the original).
 FACE = ("pundo__imgs_3.jpg", 576, 768, Box.from_xywh(82, 192, 328, 328))

@@ -32,8 +32,8 @@ from curate.progress import StageProgress
 from curate.shard import held_out
 from curate.tagnames import canonical_tag
 from curate.workspace import Workspace
-from detect.tag import booru_tags
-from detect.tagger import CHARACTER, GENERAL, Preprocessing
+from detect.tags.tag import booru_tags
+from detect.tags.tagger import CHARACTER, GENERAL, Preprocessing
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from curate.errors import InvalidArgument
-from detect.boxes import Box
+from detect.faces.boxes import Box
 
 
 @dataclass

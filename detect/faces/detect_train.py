@@ -18,8 +18,8 @@ from curate.errors import InvalidArgument
 from curate.manifest import CROP, FAILED, STATUS, read_stage
 from curate.shard import held_out
 from curate.workspace import Workspace
-from detect.boxes import Box
-from detect.coco import CocoImage, load_coco, write_coco
+from detect.faces.boxes import Box
+from detect.faces.coco import CocoImage, load_coco, write_coco
 
 PSEUDO_LABELS = "pseudo-labels.json"
 DEFAULT_EPOCHS = 12  # mmdet's 1x schedule
@@ -108,7 +108,7 @@ def detect_train(workspace: str | Path, options: DetectTrainOptions | None = Non
             [(ws.relative(s.path), s.width, s.height, s.boxes) for s in samples],
             scores=True,
         )
-    from detect.train import train_detector
+    from detect.faces.detector_training import train_detector
 
     result = train_detector(
         train,

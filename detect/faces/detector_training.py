@@ -25,9 +25,9 @@ from curate.device import pick_device
 from curate.errors import CurateError, InvalidArgument, ModelError
 from curate.images import ImageCheckError
 from curate.progress import StageProgress
-from detect.boxes import Box, iou
-from detect.coco import CocoImage
-from detect.decode import Decoded, decode
+from detect.faces.boxes import Box, iou
+from detect.faces.coco import CocoImage
+from detect.faces.decode import Decoded, decode
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ class _Run:
         """Resume last.pt when asked and present, else initialise as `init` says."""
         import torch
 
-        from detect.frcnn import FORMAT, build_model, load_model, model_from_checkpoint, read_checkpoint
+        from detect.faces.frcnn import FORMAT, build_model, load_model, model_from_checkpoint, read_checkpoint
 
         sizes = {"min_size": min_size, "max_size": max_size}
         last = out_dir / LAST
@@ -395,7 +395,7 @@ class _Run:
     def _save(self, path: Path, schedule: Schedule) -> Path:
         import torch
 
-        from detect.frcnn import save_checkpoint
+        from detect.faces.frcnn import save_checkpoint
 
         rng = {
             "torch": torch.get_rng_state(),

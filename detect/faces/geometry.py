@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from curate.errors import InvalidArgument
-from detect.boxes import Box
+from detect.faces.boxes import Box
 
 _NAMED_COLOURS = {
     "white": (255, 255, 255),

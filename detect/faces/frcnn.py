@@ -3,7 +3,7 @@
 The network is assembled by hand so its layout is exactly mmdet's `faster_rcnn_r50_fpn` with one class:
 anchors of 32–512 px at strides 4–64 without rounding, RoIAlign with mmdet's `aligned=True` and level
 rule, mmdet's test-time NMS settings. That lets `load_model` take mmdet checkpoints (converted by
-`detect.mmdet`) as well as the checkpoints `detect.train` writes.
+`detect.faces.mmdet`) as well as the checkpoints `detect.faces.detector_training` writes.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign, roi_align
 from curate import registry
 from curate.device import pick_device
 from curate.errors import InvalidArgument, ModelError
-from detect.boxes import Box
-from detect.mmdet import convert_mmdet_state_dict, looks_like_mmdet
+from detect.faces.boxes import Box
+from detect.faces.mmdet import convert_mmdet_state_dict, looks_like_mmdet
 
 FORMAT = "curate.frcnn"
 VERSION = 1

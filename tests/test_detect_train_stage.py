@@ -16,9 +16,9 @@ pytest.importorskip("torchvision")
 from curate.errors import InvalidArgument
 from curate.manifest import CRAWL, CROP, part_files, part_metadata, read_stage
 from curate.workspace import Workspace
-from detect.boxes import Box
-from detect.coco import CocoImage, load_coco, write_coco
-from detect.finetune import PSEUDO_LABELS, DetectTrainOptions, detect_train, pseudo_labels, split
+from detect.faces.boxes import Box
+from detect.faces.coco import CocoImage, load_coco, write_coco
+from detect.faces.detect_train import PSEUDO_LABELS, DetectTrainOptions, detect_train, pseudo_labels, split
 from tests.conftest import REPO, cascade_workspace
 
 # Cascade level weights of their faces with the default settings: 2.31; 3.73; 4.24 and 3.63; 4.94 and 0.58

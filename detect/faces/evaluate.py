@@ -31,10 +31,10 @@ import numpy as np
 from curate.errors import InvalidArgument
 from curate.images import ImageCheckError
 from curate.progress import StageProgress
-from detect.boxes import Box, iou
-from detect.coco import CocoImage, load_coco
-from detect.decode import Decoded, decode
-from detect.detector import Detector
+from detect.faces.boxes import Box, iou
+from detect.faces.coco import CocoImage, load_coco
+from detect.faces.decode import Decoded, decode
+from detect.faces.detector import Detector
 
 TP, FP, IGNORED = "tp", "fp", "ignored"
 _MISSING_SHOWN = 5  # missing files named in the error; the rest are only counted

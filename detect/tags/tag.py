@@ -33,7 +33,7 @@ from curate.progress import StageProgress
 from curate.shard import Shard
 from curate.tagnames import merge_labels
 from curate.workspace import Workspace
-from detect.tagger import Prediction, Thresholds, read_prediction
+from detect.tags.tagger import Prediction, Thresholds, read_prediction
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def tag_faces(workspace: str | Path, options: TagOptions | None = None) -> TagRe
     report = TagReport(already_done=already_done)
     if not faces:
         return report
-    from detect.tagger import Tagger
+    from detect.tags.tagger import Tagger
 
     tagger = Tagger(options.model, options.device)  # a missing model fails here, before any work
     booru = booru_tags(ws, {face.image_id for face in faces})

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from curate.errors import InvalidArgument, ModelError
-from detect.boxes import Box
+from detect.faces.boxes import Box
 
 
 @dataclass(frozen=True)

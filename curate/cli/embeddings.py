@@ -1,0 +1,133 @@
+"""Embeddings: `curate embed` and `curate filter`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from curate import summaries
+from curate.cli import options as opt
+from curate.cli.program import app
+
+
+@app.command()
+def embed(
+    workspace: opt.Workspace = opt.DEFAULT_WORKSPACE,
+    features: Annotated[
+        Optional[str],  # noqa: UP045 - typer needs Optional here on Python 3.10
+        typer.Option(help="timm:<name>: a pretrained timm model's features instead of training."),
+    ] = None,
+    backbone: Annotated[str, typer.Option(help="Instance discrimination: any timm model name.")] = "resnet18",
+    dim: Annotated[int, typer.Option(min=2, help="Embedding dimension.")] = 128,
+    size: opt.InputSize = 128,
+    epochs: opt.Epochs("Training epochs in all (more goes on).") = 20,
+    batch_size: opt.BatchSize("Faces per step.") = 64,
+    lr: Annotated[float, typer.Option(min=0, help="SGD learning rate (×0.1 at 60% and 80%).")] = 0.03,
+    negatives: Annotated[int, typer.Option(min=1, help="NCE noise samples per face.")] = 4096,
+    augment: Annotated[
+        str,
+        typer.Option(
+            help="light (keeps hair and eye colour) or paper (Wu et al.: greyscale, strong jitter)."
+        ),
+    ] = "light",
+    train: Annotated[bool, typer.Option(help="Train (or resume) before embedding.")] = True,
+    index: Annotated[str, typer.Option(help="FAISS index: auto, flat, ivf or hnsw.")] = "auto",
+    device: opt.Device = "auto",
+    workers: opt.Workers = None,
+    seed: opt.Seed("Seed of the initialisation, order and augmentations.") = 0,
+    shard: opt.Shard = None,
+    retry_failed: opt.RetryFailed("Embed faces that failed again.") = False,
+    force: opt.Force("Train again from scratch and embed every face.") = False,
+    quiet: opt.Quiet = False,
+) -> None:
+    """Embed every face crop (instance discrimination, or timm features) and index them with FAISS."""
+    from curate.shard import Shard as ShardSpec
+    from embed.stage import EmbedOptions, embed_faces
+    from embed.train import EmbedTrainOptions
+
+    options = EmbedOptions(
+        train=EmbedTrainOptions(
+            backbone=backbone,
+            dim=dim,
+            size=size,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            negatives=negatives,
+            augment=augment,
+            device=device,
+            workers=workers,
+            seed=seed,
+            force=force,
+            progress=not quiet,
+        ),
+        features=features,
+        retrain=train,
+        index=index,
+        shard=ShardSpec.parse(shard),
+        force=force,
+        retry_failed=retry_failed,
+        progress=not quiet,
+    )
+    opt.show(summaries.embed_summary(embed_faces(workspace, options)))
+
+
+@app.command("filter")
+def filter_command(
+    workspace: opt.Workspace = opt.DEFAULT_WORKSPACE,
+    good: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(help="Good seeds: face ids (repeat or comma separated) or a folder of example faces."),
+    ] = None,
+    bad: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(help="Bad seeds: face ids or a folder of example images."),
+    ] = None,
+    good_query: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Faces whose labels include all these tags are good seeds, e.g. 'solo portrait'."),
+    ] = None,
+    bad_query: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Faces whose labels include all these tags are bad seeds."),
+    ] = None,
+    k: Annotated[int, typer.Option(min=1, help="Seeds that vote on each face.")] = 10,
+    rounds: Annotated[int, typer.Option(min=0, help="Mining rounds that grow the seed sets.")] = 2,
+    threshold: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(help="Keep faces scoring at least this; default: chosen from the seeds."),
+    ] = None,
+    target_precision: Annotated[
+        float, typer.Option(help="Precision the chosen threshold aims at (leave-one-out on the seeds).")
+    ] = 0.9,
+    dedup: Annotated[
+        float, typer.Option(help="Cosine similarity at which faces are near-duplicates; 0 = no dedup.")
+    ] = 0.98,
+    dedup_pixels: Annotated[
+        float,
+        typer.Option(
+            help="Correlation of 16-px grey thumbnails that confirms a near-duplicate pair; "
+            "0 = trust the embedding alone."
+        ),
+    ] = 0.8,
+) -> None:
+    """Keep the faces near the good seeds (kNN vote, mined over rounds) and one of each near-duplicate."""
+    from embed.filter import FilterOptions, filter_faces
+
+    def split(values: list[str] | None) -> list[str]:
+        return [v.strip() for value in values or () for v in value.split(",") if v.strip()]
+
+    options = FilterOptions(
+        good=split(good),
+        bad=split(bad),
+        good_query=good_query,
+        bad_query=bad_query,
+        k=k,
+        rounds=rounds,
+        threshold=threshold,
+        target_precision=target_precision,
+        dedup=dedup or None,
+        dedup_pixels=dedup_pixels or None,
+    )
+    opt.show(summaries.filter_summary(filter_faces(workspace, options), target_precision))
