@@ -181,6 +181,37 @@ def list_runs(runs_root: Path) -> list[RunSummary]:
     return summaries
 
 
+def set_aside(run: Path, paths: list[Path], label: str) -> Path | None:
+    """Move `paths` (files of the run) into `run/<label>-<time>/`, so nothing trained is deleted."""
+    import shutil
+    import time
+
+    if not paths:
+        return None
+    folder = run / f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder.mkdir()
+    for path in paths:
+        shutil.move(str(path), folder / path.name)
+    return folder
+
+
+def run_files(run: Path, after_nimg: int = -1) -> list[Path]:
+    """The run's snapshots, grids and records; with `after_nimg`, only snapshots and grids past it."""
+    from train.snapshot import list_snapshots
+
+    snapshots = [p for p in list_snapshots(run) if (snapshot_nimg(p) or 0) > after_nimg]
+    grids = [
+        run / f"fakes-{p.stem.removeprefix('snapshot-')}{ext}" for p in snapshots for ext in (".png", ".json")
+    ]
+    found = snapshots + [p for p in grids if p.is_file()]
+    if after_nimg < 0:
+        extra = [
+            run / n for n in (OPTIONS_FILE, METRICS_FILE, "reals.png", "fakes-init.png", "fakes-init.json")
+        ]
+        found += [p for p in extra if p.is_file()]
+    return found
+
+
 def resume_point(options: TrainOptions, run: Path) -> Path | None:
     """The snapshot to continue from: --resume's, or the run folder's newest (None: start afresh)."""
     if options.resume is not None:

@@ -52,6 +52,7 @@ class TrainingSession:
         self.options, self.trainer, self.dataset, self.run_dir = options, trainer, dataset, run
         self.world, self.device, self.report = world, device, report
         self.tick = 0
+        self.rng_state: dict | None = None  # the snapshot's RNG states, restored once the loader runs
         c_dim = trainer.network.c_dim
         self.grid = grid_inputs(
             dataset.labels[:, :c_dim], dataset.label_names, trainer.network.z_dim, options.seed
@@ -64,7 +65,7 @@ class TrainingSession:
         if self.report.up_to_date:
             return self.report
 
-        from train.dataset import ImageOrder, RealBatches
+        from train.loader import ImageOrder, RealBatches
 
         options, trainer, world = self.options, self.trainer, self.world
         settings = trainer.settings
@@ -72,7 +73,7 @@ class TrainingSession:
         reals = RealBatches(
             self.dataset,
             ImageOrder(len(self.dataset), options.mirror, options.seed),
-            device=self.device,
+            self.device,
             batch_gpu=settings.batch_gpu,
             rounds=settings.rounds,
             rank=world.rank,
@@ -81,15 +82,24 @@ class TrainingSession:
             cache=options.cache,
             cache_bytes=int(options.cache_gb * 2**30) if options.cache_gb is not None else None,
             workers=options.workers,
+            progress=options.progress and world.main,
         )
+        if self.rng_state is not None:
+            from train.snapshot import restore_rng_states
+
+            # after the loader, whose workers take seeds from the global generator as they start
+            restore_rng_states(self.rng_state)
         if world.main and self.report.resumed_from is None:
             self._write_grid("fakes-init.png")
         began = tick_began = time.monotonic()
         tick_start = trainer.nimg
-        batches = iter(reals)
-        with _stop_requests() as stop, _Progress(options, trainer.nimg, target, world.main) as progress:
+        with (
+            reals,
+            _stop_requests() as stop,
+            _Progress(options, trainer.nimg, target, world.main) as progress,
+        ):
             while trainer.nimg < target:
-                trainer.run_step([next(batches) for _ in range(settings.rounds)])
+                trainer.run_step([next(reals) for _ in range(settings.rounds)])
                 progress.advance(trainer.nimg)
                 if self._should_stop(stop):
                     self.report.interrupted = True
@@ -149,7 +159,7 @@ class TrainingSession:
 
     def _snapshot(self) -> None:
         """Write the snapshot and its grid (rank 0; every process passes here together)."""
-        from train.snapshot import rng_states, save_snapshot, snapshot_name
+        from train.snapshot import rng_states, save_snapshot, slim_older_snapshots, snapshot_name
 
         trainer = self.trainer
         if not self.world.main:
@@ -171,6 +181,7 @@ class TrainingSession:
             },
         )
         self.report.snapshot = path
+        slim_older_snapshots(self.run_dir)
         self._write_grid(f"fakes-{path.stem.removeprefix('snapshot-')}.png")
 
     def _write_grid(self, name: str) -> None:

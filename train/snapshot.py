@@ -16,6 +16,8 @@ from typing import Any
 from curate.errors import ModelError
 
 FORMAT = "curate-stylegan2/1"
+KEEP_RESUMABLE = 2  # the newest snapshots keep their optimiser state; older ones keep the networks only
+OPTIMISER_KEYS = ("G_opt", "D_opt")
 _NAME = re.compile(r"^snapshot-(\d{6})(?:\.(\d{3}))?\.pt$")
 
 
@@ -84,6 +86,29 @@ def load_snapshot(path: Path) -> dict[str, Any]:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ModelError(f"{path} is not a curate StyleGAN2 snapshot (format {found!r}, expected {FORMAT})")
     return state
+
+
+def is_resumable(state: dict[str, Any]) -> bool:
+    """Whether a snapshot still holds its optimisers' state (older ones are slimmed to the networks)."""
+    return all(key in state["trainer"] for key in OPTIMISER_KEYS)
+
+
+def slim_older_snapshots(run: Path, keep: int = KEEP_RESUMABLE) -> list[Path]:
+    """Rewrite all but the newest `keep` snapshots without optimiser state (about 55% of their size).
+
+    G, D, G_ema, the augmentation state and the counters stay, so every snapshot can still generate,
+    be measured and seed another run; only the newest continue a run exactly.
+    """
+    slimmed = []
+    for path in list_snapshots(run)[:-keep] if keep else list_snapshots(run):
+        state = load_snapshot(path)
+        if not is_resumable(state):
+            continue
+        for key in OPTIMISER_KEYS:
+            state["trainer"].pop(key)
+        save_snapshot(path, state)
+        slimmed.append(path)
+    return slimmed
 
 
 def rng_states() -> dict[str, Any]:

@@ -20,7 +20,9 @@ from train.runs import (
     choose_run_folder,
     options_record,
     resume_point,
+    run_files,
     run_name,
+    set_aside,
     trim_metrics,
     write_json,
 )
@@ -68,10 +70,11 @@ def prepare_session(options: TrainOptions, world: World, device) -> TrainingSess
 
     from train.dataset import open_dataset
     from train.loop import StepSettings, Trainer
-    from train.snapshot import load_snapshot, restore_rng_states
+    from train.snapshot import KEEP_RESUMABLE, is_resumable, load_snapshot
 
     data = _data_path(options)
-    dataset = open_dataset(data)
+    # rank 0 reads every header; the others take its checked TrainingSet (it pickles)
+    dataset = _shared(open_dataset(data, progress=options.progress) if world.main else None, world)
     c_dim = dataset.label_dim if options.cond else 0
     network, hyper = resolve(options.cfg, dataset.resolution, c_dim, world.size, overrides_of(options))
     batch_gpu = options.batch_gpu or hyper.batch // world.size
@@ -82,10 +85,15 @@ def prepare_session(options: TrainOptions, world: World, device) -> TrainingSess
     if batch_gpu % min(network.mbstd_group, batch_gpu):
         raise InvalidArgument(f"--batch-gpu {batch_gpu} does not split into groups of {network.mbstd_group}")
     run = _run_folder(options, data, dataset, c_dim, world)
-    start = resume_point(options, run)
+    start = _shared(_starting_point(options, run) if world.main else None, world)
     state = load_snapshot(start) if start is not None else None
     if state is not None:
         _check_resumable(state, options, dataset, start)
+        if not is_resumable(state):
+            raise InvalidArgument(
+                f"{start} holds the networks only (older snapshots drop their optimiser state to save "
+                f"disk; the newest {KEEP_RESUMABLE} keep it): resume from a newer snapshot"
+            )
     report = TrainReport(run, 0, options.kimg, label_names=dataset.label_names[:c_dim] if c_dim else [])
     half = _half_precision(options.precision, device)
     settings = StepSettings(
@@ -111,8 +119,10 @@ def prepare_session(options: TrainOptions, world: World, device) -> TrainingSess
     )
     if state is not None:
         trainer.load_state_dict(state["trainer"])
-        restore_rng_states(state["rng"])
         report.resumed_from = trainer.nimg
+        if world.main and start.parent.resolve() == run:
+            # going back to an older snapshot: the later ones leave the folder, so it holds one history
+            set_aside(run, run_files(run, after_nimg=trainer.nimg), "abandoned")
         if world.main:
             trim_metrics(run, trainer.nimg)
     report.nimg = trainer.nimg
@@ -122,6 +132,7 @@ def prepare_session(options: TrainOptions, world: World, device) -> TrainingSess
         _write_options(run, options, network, hyper, dataset, world, batch_gpu, fresh=state is None)
     session = TrainingSession(options, trainer, dataset, run, world, device, report)
     session.tick = int(state["tick"]) if state is not None else 0
+    session.rng_state = state["rng"] if state is not None else None
     return session
 
 
@@ -164,6 +175,14 @@ def _run_folder(options: TrainOptions, data: Path, dataset, c_dim: int, world) -
     if world.main:
         run.mkdir(parents=True, exist_ok=True)
     return run
+
+
+def _starting_point(options: TrainOptions, run: Path) -> Path | None:
+    """The snapshot to continue from; --force first sets the run's files aside (nothing is deleted)."""
+    if options.force:
+        set_aside(run, run_files(run), "replaced")
+        return None
+    return resume_point(options, run)
 
 
 def _shared(value, world):

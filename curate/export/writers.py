@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from curate.export.select import TRAIN, VALIDATION, Sample, as_record, label_vector
 
+ROW_GROUP_ROWS = 100  # the datasets library's choice for image data
 Encoded = tuple[Sample, bytes]  # a sample and its image as PNG bytes at the export's resolution
 
 
@@ -121,7 +122,10 @@ def write_parquet(
     def flush(split: str) -> None:
         if pending[split]:
             path = folder / f".{split}-{len(shards[split]):05d}.parquet"
-            pq.write_table(pa.Table.from_pylist(pending[split], schema=schema), path)
+            # small row groups: a trainer streaming a set larger than memory reads one image at a time,
+            # and a reader fetches whole row groups (a 256 MB group would be read per image)
+            table = pa.Table.from_pylist(pending[split], schema=schema)
+            pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS)
             shards[split].append(path)
             pending[split], sizes[split] = [], 0
 
