@@ -97,3 +97,38 @@ def mean(value: float, world: World, device: Any) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return float(tensor.item()) / world.size
+
+
+def run_under_torchrun(processes: int, argv: list[str]) -> int:
+    """Run `curate ARGV` in `processes` local processes under torchrun and return its exit status.
+
+    This process only waits: Ctrl-C reaches torchrun's workers too (they share the terminal's process
+    group), and they stop on their own after writing their snapshot.
+    """
+    import signal
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+        "-m", "curate", *argv,
+    ]  # fmt: skip
+    child = subprocess.Popen(command)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return child.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def without_option(argv: list[str], name: str) -> list[str]:
+    """`argv` less `name VALUE` and `name=VALUE`."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(f"{name}="):
+            kept.append(arg)
+    return kept

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from detect.tags.tag_train import TagTrainReport
     from embed.filter import FilterReport
     from embed.stage import EmbedReport
+    from train.session import TrainReport
 
 
 @dataclass
@@ -255,3 +256,34 @@ def export_summary(report: ExportReport) -> Summary:
     lines = [f"[bold]export[/bold]: {counts} faces ({chosen}), {report.labels} labels → {report.out}"]
     lines += [f"  left out {count:,}: {reason}" for reason, count in sorted(report.dropped.items())]
     return Summary(lines)
+
+
+def train_summary(report: TrainReport) -> Summary:
+    if report.up_to_date:
+        return Summary(
+            [
+                f"{report.out} is already trained to {report.nimg / 1000:g} kimg: nothing to do.",
+                "A larger --kimg goes on; --force starts again.",
+            ]
+        )
+    start = report.resumed_from or 0
+    resumed = f", resumed from {start / 1000:g} kimg" if report.resumed_from is not None else ""
+    labels = f", {len(report.label_names)} labels" if report.label_names else ", unconditional"
+    lines = [
+        f"[bold]train[/bold] {report.out}: kimg {start / 1000:g} → {report.nimg / 1000:g} of "
+        f"{report.kimg_target:g} in {report.seconds:.0f} s{resumed}{labels}"
+    ]
+    tick = report.last_tick
+    if tick:
+        figures = [f"{tick['sec_per_kimg']:.2f} s/kimg", f"{tick['images_per_sec']:.0f} images/s"]
+        figures += [f"{name} {tick[name]:.3f}" for name in ("loss_G", "loss_D") if name in tick]
+        figures.append(f"augment p {tick['augment_p']:.3f}")
+        if "gpu_mem_gb" in tick:
+            figures.append(f"{tick['gpu_mem_gb']:.1f} GB of GPU memory")
+        lines.append(f"  last tick: {', '.join(figures)}")
+    if report.snapshot is not None:
+        grid = report.snapshot.with_name(f"fakes-{report.snapshot.stem.removeprefix('snapshot-')}.png")
+        lines.append(f"  snapshot {report.snapshot}")
+        if grid.is_file():
+            lines.append(f"  samples {grid}")
+    return Summary(lines, interrupted=report.interrupted)

@@ -107,6 +107,13 @@ def test_help_lists_every_family_of_commands_in_pipeline_order():
     group = typer.main.get_command(app)
     assert group.list_commands(None) == [
         "crawl", "ingest", "crop", "detect-train", "detect-eval", "tag", "tag-train", "embed", "filter",
-        "export", "report", "run", "status", "labels",
+        "export", "report", "run", "status", "train", "labels",
     ]  # fmt: skip
     assert group.get_command(None, "labels").list_commands(None) == ["stats", "select"]
+
+
+def test_version_answers_without_a_command():
+    from curate import __version__
+
+    result = curate("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"curate {__version__}"

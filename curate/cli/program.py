@@ -13,21 +13,28 @@ from curate.errors import CurateError, InvalidArgument
 
 app = typer.Typer(
     name="curate",
-    help="Turn an image board into a clean, labelled anime-face dataset.",
+    help="Turn an image board into a clean, labelled anime-face dataset and train a StyleGAN2 on it.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 
 
+def _print_version(asked: bool) -> None:
+    # eager, so it answers before Typer asks for a command
+    if asked:
+        out.print(f"curate {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _setup(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each retry and lookup.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_print_version),
+    ] = False,
 ) -> None:
-    if version:
-        out.print(f"curate {__version__}")
-        raise typer.Exit()
     from rich.logging import RichHandler
 
     logging.basicConfig(
