@@ -21,7 +21,7 @@ from curate.config import build, read_toml
 from curate.errors import InvalidArgument
 from curate.summaries import Summary, plain
 
-ORDER = ("crawl", "ingest", "crop", "tag", "labels", "embed", "filter", "export")
+ORDER = ("crawl", "ingest", "crop", "tag", "labels", "embed", "filter", "export", "train")
 
 
 @dataclass
@@ -211,6 +211,22 @@ def _export(table: dict, progress: bool) -> Step:
     return Step("export", options, run, always=("format",))
 
 
+def _train(table: dict, progress: bool) -> Step:
+    from train.runs import TrainOptions
+
+    table.setdefault("progress", progress)
+    options = build(TrainOptions, table, "[train]")
+
+    def run(ws: Path) -> Summary:
+        from train.stage import train_stylegan
+
+        # the workspace's latest export, and its runs/, unless the table names data and a run folder
+        report = train_stylegan(dataclasses.replace(options, workspace=options.workspace or ws))
+        return summaries.train_summary(report)
+
+    return Step("train", options, run)
+
+
 def _each(items: list, stage: Callable[[Path, Any], Summary]) -> Callable[[Path], Summary]:
     """The work of a step that runs once per query, folder or format: it stops at an interrupted one."""
 
@@ -247,6 +263,7 @@ def _load(dotted: str) -> Any:
 BUILDERS: dict[str, Callable[[dict, bool], Step]] = {
     "crawl": _crawl,
     "ingest": _ingest,
+    "train": _train,
     "crop": _options_step(
         "crop",
         "detect.faces.crop.CropOptions",

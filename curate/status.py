@@ -52,3 +52,14 @@ def format_counts(counts: StageCounts) -> list[str]:
         codes = ", ".join(f"{code} {k}" for code, k in detail.most_common()) if detail else ""
         lines.append(f"{status:<10}{n:>8}" + (f"  ({codes})" if codes else ""))
     return lines
+
+
+def run_lines(ws: Workspace) -> list[str]:
+    """A line per training run under WORKSPACE/runs: its newest snapshot's kimg, of how many asked."""
+    from train.runs import list_runs
+
+    lines = []
+    for run in list_runs(ws.runs):
+        target = f" of {run.target_kimg:g}" if run.target_kimg is not None else ""
+        lines.append(f"{run.name}  kimg {run.kimg:g}{target}, {run.snapshots} snapshots")
+    return lines

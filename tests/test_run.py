@@ -259,3 +259,28 @@ def test_a_stage_stopped_by_ctrl_c_stops_the_run_as_its_command_would(tmp_path, 
     assert result.exit_code == 130 and not ran
     assert result.stdout.splitlines() == ["▶ labels", "labels half done"]
     assert "interrupted: what finished is saved" in result.stderr
+
+
+def test_a_train_table_trains_on_the_workspaces_latest_export(fixtures, tmp_path):
+    """export → train in one config: the run lands in WORKSPACE/runs/, conditional on the vocabulary."""
+    from tests.conftest import VOCABULARY, curated_workspace
+
+    ws = curated_workspace(fixtures, tmp_path)
+    config = tmp_path / "train.toml"
+    config.write_text(
+        f'workspace = "{ws.root}"\n\n[export]\nformat = "stylegan"\nresolution = 16\n'
+        '[export.select]\nvalidation = 0\n\n'
+        '[train]\ncfg = "cpu"\nkimg = 0.032\ntick_kimg = 0.032\nbatch = 8\nchannel_base = 256\n'
+        'channel_max = 32\nz_dim = 32\nmapping_layers = 2\nworkers = 0\ndevice = "cpu"\n',
+        encoding="utf-8",
+    )
+    said: list[str] = []
+    run.run_config(config, progress=False, say=said.append)
+    (folder,) = (ws.root / "runs").iterdir()
+    assert folder.name == "stylegan-cpu-16-cond3"
+    assert any(line.startswith(f"[bold]train[/bold] {folder}: kimg 0 → 0.032") for line in said), said
+    options = json.loads((folder / "options.json").read_text())
+    assert options["label_names"] == VOCABULARY and options["dataset"]["format"] == "stylegan"
+    said.clear()
+    run.run_config(config, progress=False, say=said.append)
+    assert any("already trained to 0.032 kimg: nothing to do" in line for line in said), said

@@ -46,7 +46,7 @@ def test_describe_prints_the_papers_counts_as_json(cond_dim, g_params, d_params)
 
 
 def test_train_then_run_again_does_nothing_and_a_larger_kimg_goes_on(colours, tmp_path):
-    run = tmp_path / "run"
+    run = tmp_path / "runs" / "run"  # where a workspace keeps its runs, for `curate status`
     common = ["train", "--data", str(colours), "--out", str(run), "--tick", "0.064", *TINY]
     first = curate(*common, "--kimg", "0.128")
     assert first.returncode == 0, first.stderr
@@ -59,6 +59,9 @@ def test_train_then_run_again_does_nothing_and_a_larger_kimg_goes_on(colours, tm
     assert "kimg 0.128 → 0.192" in longer.stdout and "resumed from 0.128 kimg" in longer.stdout
     options = json.loads((run / "options.json").read_text())
     assert options["label_names"] == ["label_0", "label_1", "label_2", "label_3"]
+    status = curate("status", "-w", str(tmp_path))
+    assert status.returncode == 0 and "runs  1" in status.stdout
+    assert "run  kimg 0.192 of 0.192, 2 snapshots" in status.stdout
     assert options["network"]["c_dim"] == 4 and options["options"]["kimg"] == 0.192
 
 

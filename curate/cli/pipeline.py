@@ -95,8 +95,8 @@ def run_command(
 
 @app.command()
 def status(workspace: opt.Workspace = opt.DEFAULT_WORKSPACE) -> None:
-    """Rows per stage by status and error code."""
-    from curate.status import format_counts, workspace_status
+    """Rows per stage by status and error code, and the training runs with their kimg."""
+    from curate.status import format_counts, run_lines, workspace_status
     from curate.workspace import Workspace as Ws
 
     if not Path(workspace).is_dir():
@@ -108,4 +108,9 @@ def status(workspace: opt.Workspace = opt.DEFAULT_WORKSPACE) -> None:
     for counts in stages:
         out.print(f"[bold]{counts.stage}[/bold]  {counts.rows:,} rows")
         for line in format_counts(counts):
+            out.print(f"  {line}", highlight=False)
+    runs = run_lines(Ws.open(workspace))
+    if runs:
+        out.print(f"[bold]runs[/bold]  {len(runs)}")
+        for line in runs:
             out.print(f"  {line}", highlight=False)
