@@ -66,3 +66,11 @@ def test_filter_benchmark_prints_one_json_line_of_figures():
     found, copies = map(int, figures["copies_found"].split("/"))
     assert copies >= 12 and 0 <= found <= copies
     assert 0 < figures["nearest_similarity"] <= 1.0001
+
+
+def test_train_benchmark_prints_one_json_line_of_figures():
+    figures = run_quick("train.py")
+    assert figures["bench"] == "train" and figures["matmul_peak_tflops"] > 0
+    (run,) = figures["runs"]
+    assert run["resolution"] == 16 and run["images_per_s"] > 0 and run["train_gflops_per_step"] > 0
+    assert 0 < run["mfu"] < 1
