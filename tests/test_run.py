@@ -269,7 +269,7 @@ def test_a_train_table_trains_on_the_workspaces_latest_export(fixtures, tmp_path
     config = tmp_path / "train.toml"
     config.write_text(
         f'workspace = "{ws.root}"\n\n[export]\nformat = "stylegan"\nresolution = 16\n'
-        '[export.select]\nvalidation = 0\n\n'
+        "[export.select]\nvalidation = 0\n\n"
         '[train]\ncfg = "cpu"\nkimg = 0.032\ntick_kimg = 0.032\nbatch = 8\nchannel_base = 256\n'
         'channel_max = 32\nz_dim = 32\nmapping_layers = 2\nworkers = 0\ndevice = "cpu"\n',
         encoding="utf-8",
