@@ -6,6 +6,7 @@ snapshots continues from the newest, exactly (see train/loop.py), when its optio
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 from curate import __version__
@@ -30,19 +31,8 @@ from train.session import TrainingSession, TrainReport
 
 
 def overrides_of(options: TrainOptions) -> Overrides:
-    return Overrides(
-        batch=options.batch,
-        lr=options.lr,
-        gamma=options.gamma,
-        ema_kimg=options.ema_kimg,
-        mapping_layers=options.mapping_layers,
-        channel_base=options.channel_base,
-        channel_max=options.channel_max,
-        z_dim=options.z_dim,
-        mbstd_group=options.mbstd_group,
-        style_mixing=options.style_mixing,
-        pl_weight=options.pl_weight,
-    )
+    """The preset overrides among the options (TrainOptions holds them flat, as the CLI gives them)."""
+    return Overrides(**{f.name: getattr(options, f.name) for f in fields(Overrides)})
 
 
 def describe(options: TrainOptions, resolution: int, c_dim: int, gpus: int = 1) -> dict:
