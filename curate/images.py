@@ -22,6 +22,7 @@ _PILLOW_FORMATS = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "webp": "WEBP", "
 _TEXT_STARTS = (b"<", b"{", b"[", b"<!doctype", b"<html", b"<?xml")
 _EXIF_ORIENTATION = 0x0112
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_WIDE_GREY_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 
 
 class ImageCheckError(Exception):
@@ -123,10 +124,20 @@ def flat_rgb(image: Any) -> Any:
 
     The copy never carries `info["transparency"]`: Pillow keeps it through convert("RGB"), and PNG then
     writes it back (an opaque colour of the picture turns transparent) or raises (the key of 1-bit or
-    16-bit grey does not fit RGB).
+    16-bit grey does not fit RGB). Wide greyscale (16-bit, 32-bit, float) is scaled to 8 bits, not clipped
+    as convert("RGB") would (a 16-bit scan would come out nearly white).
     """
     from PIL import Image
 
+    if image.mode in _WIDE_GREY_MODES and "transparency" not in image.info:
+        import numpy as np
+
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0
+        if image.mode == "F":  # floats in 0–1 or in 0–255
+            top = 1.0 if values.size and values.max() <= 1.0 else 255.0
+        grey = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
     if image.mode in _ALPHA_MODES or "transparency" in image.info:
         rgba = image.convert("RGBA")
         flat = Image.new("RGB", rgba.size, (255, 255, 255))

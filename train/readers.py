@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from curate.images import flat_rgb
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 BLOCK = 256  # images per unit of work when nothing physical (a Parquet row group) sets one
 Header = tuple[int, int, int]  # width, height, encoded bytes
@@ -69,32 +71,10 @@ def decode_rgb(data: bytes, name: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as image:
             ImageOps.exif_transpose(image, in_place=True)  # in place: no copy when there is nothing to turn
-            pixels = np.asarray(_to_rgb(image))
+            pixels = np.asarray(flat_rgb(image))
     except Exception as exc:  # a decoder meeting broken bytes may raise anything
         raise UnreadableImage(name, f"does not decode ({exc or type(exc).__name__})") from None
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
-
-
-def _to_rgb(image: Any) -> Any:
-    from PIL import Image
-
-    mode = image.mode
-    if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):  # wide greyscale: scale, do not clip
-        values = np.asarray(image, dtype=np.float64)
-        top = 65535.0
-        if mode == "F":  # floats in 0–1 or in 0–255
-            top = 1.0 if values.size and values.max() <= 1.0 else 255.0
-        grey = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey).convert("RGB")
-    if mode == "RGB" and "transparency" not in image.info:
-        return image
-    if mode in ("1", "L", "CMYK", "YCbCr", "LAB", "HSV") and "transparency" not in image.info:
-        return image.convert("RGB")
-    # P, LA, PA, RGBA, or a tRNS colour: through RGBA (a palette with transparency must, for Pillow 13)
-    rgba = image.convert("RGBA")
-    flat = Image.new("RGB", rgba.size, (255, 255, 255))
-    flat.paste(rgba, mask=rgba.getchannel("A"))
-    return flat
 
 
 class Source:
