@@ -62,6 +62,20 @@ def noise_images(fixtures: Path) -> list[Path]:
     return sorted((fixtures / "images" / "noise").iterdir())
 
 
+@pytest.fixture(scope="session")
+def colour_run(tmp_path_factory) -> Path:
+    """A tiny conditional GAN trained for 6 kimg on four flat colours (about 30 s on two cores), shared
+    by the tests of training, generation, metrics, directions and the report: treat it as read-only."""
+    from tests.gan import colour_set, tiny_options
+    from train.stage import train_stylegan
+
+    root = tmp_path_factory.mktemp("colour-run")
+    data = colour_set(root / "data")
+    report = train_stylegan(tiny_options(data, root / "run", kimg=6, aug="ada", tick_kimg=1, snap_ticks=3))
+    assert report.nimg >= 6000 and not report.interrupted
+    return root / "run"
+
+
 @pytest.fixture
 def ws(tmp_path: Path) -> Workspace:
     return Workspace.open(tmp_path / "ws")

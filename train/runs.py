@@ -12,7 +12,7 @@ import json
 import os
 import re
 import uuid
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,9 @@ class TrainOptions:
     workers: int = 3
     resume: Path | None = None  # a snapshot (or run folder) to continue from
     force: bool = False  # start again in a run folder that has snapshots
+    init: Path | None = None  # weights a new run starts from: curate snapshot, NVlabs pickle, rosinality
+    metrics: list[str] = field(default_factory=list)  # measured at each snapshot, e.g. fid50k_full
+    metrics_n: int | None = None  # generated images per metric instead of the metric's own count
     progress: bool = True
 
     def check(self) -> None:
@@ -77,13 +80,16 @@ class TrainOptions:
             raise InvalidArgument("give --data (an export or a folder of images) or --workspace")
         if self.force and self.resume is not None:
             raise InvalidArgument("--force starts again; --resume continues: give one of them")
+        if self.metrics_n is not None and self.metrics_n < 1:
+            raise InvalidArgument("--metrics-n must be at least 1")
 
 
-# What may differ when a run continues: how long it runs, how often it reports, and how it is fed
-# and run, none of which changes what is computed. Everything else must match the run's options.
+# What may differ when a run continues: how long it runs, how often it reports and measures, and how
+# it is fed and run, none of which changes what is computed (--init only shapes a new run's start).
+# Everything else must match the run's options.
 RESUMABLE_CHANGES = frozenset(
     {"kimg", "tick_kimg", "snap_ticks", "cache", "cache_gb", "workers", "device", "compile", "progress",
-     "resume", "force", "workspace", "out", "data"}
+     "resume", "force", "workspace", "out", "data", "init", "metrics", "metrics_n"}
 )  # fmt: skip
 
 

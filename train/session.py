@@ -39,6 +39,8 @@ class TrainReport:
     seconds: float = 0.0
     last_tick: dict = field(default_factory=dict)
     label_names: list[str] = field(default_factory=list)
+    initialised: object | None = None  # what --init copied (train.transfer.TransferReport)
+    measured: dict[str, float] = field(default_factory=dict)  # the latest --metrics values
 
 
 class TrainingSession:
@@ -149,12 +151,15 @@ class TrainingSession:
         if self.device.type == "cuda":
             record["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
             torch.cuda.reset_peak_memory_stats(self.device)
+        snapshot_tick = final or self.tick % self.options.snap_ticks == 0
+        if snapshot_tick and self.options.metrics:
+            record.update(self._measure())
         self.report.last_tick = record
         if self.world.main:
             with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
         progress.tick(record)
-        if final or self.tick % self.options.snap_ticks == 0:
+        if snapshot_tick:
             self._snapshot()
 
     def _snapshot(self) -> None:
@@ -183,6 +188,24 @@ class TrainingSession:
         self.report.snapshot = path
         slim_older_snapshots(self.run_dir)
         self._write_grid(f"fakes-{path.stem.removeprefix('snapshot-')}.png")
+
+    def _measure(self) -> dict[str, float]:
+        """--metrics on G_ema now (rank 0; the others wait at the next step's all-reduce)."""
+        if not self.world.main:
+            return {}
+        from train.quality import measure_generator
+
+        values = measure_generator(
+            self.trainer.G_ema,
+            self.dataset,
+            self.options.metrics,
+            self.device,
+            n=self.options.metrics_n,
+            seed=self.options.seed,
+            progress=self.options.progress,
+        )
+        self.report.measured = values
+        return values
 
     def _write_grid(self, name: str) -> None:
         from train.grids import render_grid, save_grid

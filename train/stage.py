@@ -107,6 +107,10 @@ def prepare_session(options: TrainOptions, world: World, device) -> TrainingSess
         world,
         augment=_augment_pipe(options),
     )
+    if state is None and options.init is not None:
+        from train.transfer import initialise
+
+        report.initialised = initialise(trainer, Path(options.init).expanduser(), report.label_names)
     if state is not None:
         trainer.load_state_dict(state["trainer"])
         report.resumed_from = trainer.nimg

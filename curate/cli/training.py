@@ -91,6 +91,20 @@ def train(
         typer.Option(help="Continue from this snapshot (or run folder's newest)."),
     ] = None,
     force: opt.Force("Start again in a run folder that has snapshots (its files are set aside).") = False,
+    init: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            help="Start a new run from these weights: a curate snapshot, an NVlabs network-snapshot-*.pkl "
+            "or a rosinality stylegan2-pytorch checkpoint."
+        ),
+    ] = None,
+    metrics: Annotated[
+        str, typer.Option(help="Measured at each snapshot: fid50k_full,kid50k_full,pr50k3_full.")
+    ] = "",
+    metrics_n: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(min=1, help="Generated images per metric instead of its own count (fid5k_full…)."),
+    ] = None,
     gpus: Annotated[int, typer.Option(min=1, help="Start this many processes under torchrun.")] = 1,
     describe: Annotated[
         bool, typer.Option("--describe", help="Print G's and D's parameter counts as JSON; no training.")
@@ -109,7 +123,8 @@ def train(
         channel_max=channel_max, z_dim=z_dim, mbstd_group=mbstd_group, style_mixing=style_mixing,
         pl_weight=pl_weight, cond=cond, mirror=mirror, aug=aug, target=target, aug_p=aug_p, seed=seed,
         precision=precision, compile=compile, device=device, tick_kimg=tick, snap_ticks=snap, cache=cache,
-        cache_gb=cache_gb, workers=workers, resume=resume, force=force, progress=not quiet,
+        cache_gb=cache_gb, workers=workers, resume=resume, force=force, init=init,
+        metrics=[m.strip() for m in metrics.split(",") if m.strip()], metrics_n=metrics_n, progress=not quiet,
     )  # fmt: skip
     if describe:
         out.print(json.dumps(_describe(options, res, cond_dim, gpus), indent=1), highlight=False)
