@@ -49,14 +49,19 @@ def latest_snapshot(run: Path) -> Path | None:
 
 
 def save_snapshot(path: Path, state: dict[str, Any]) -> Path:
-    """Write `state` to `path` through a temporary file in the same folder, fsynced, then renamed."""
+    """Write `state` to `path` atomically, marked as a snapshot."""
+    return save_atomic(path, {"format": FORMAT, **state})
+
+
+def save_atomic(path: Path, payload: dict[str, Any]) -> Path:
+    """torch.save through a temporary file in the same folder, fsynced, then renamed over `path`."""
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:6]}.tmp")
     try:
         with open(tmp, "wb") as handle:
-            torch.save({"format": FORMAT, **state}, handle)
+            torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
