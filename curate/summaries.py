@@ -273,6 +273,8 @@ def train_summary(report: TrainReport) -> Summary:
         f"[bold]train[/bold] {report.out}: kimg {start / 1000:g} → {report.nimg / 1000:g} of "
         f"{report.kimg_target:g} in {report.seconds:.0f} s{resumed}{labels}"
     ]
+    if report.initialised is not None:
+        lines.append(f"  {escape(report.initialised.summary())}")
     tick = report.last_tick
     if tick:
         figures = [f"{tick['sec_per_kimg']:.2f} s/kimg", f"{tick['images_per_sec']:.0f} images/s"]
