@@ -441,3 +441,22 @@ def test_end_to_end_a_new_run_starts_from_the_file_and_a_resumed_one_ignores_it(
     (tmp_path / "broken.pkl").write_bytes(b"not a pickle")  # read it and the run would fail
     again = train_stylegan(tiny_options(data, out, kimg=0.032, init=tmp_path / "broken.pkl"))
     assert again.resumed_from == 16 and again.initialised is None
+
+
+def test_a_converted_rosinality_checkpoint_in_the_old_torch_format_keeps_its_latent_average(tmp_path):
+    # convert_weight.py's output: g_ema and latent_avg only; torch.save's pre-zip format
+    G_ema, _ = known_networks(network(), seed=2)
+    path = tmp_path / "stylegan2-ffhq-config-f.pt"
+    latent_avg = torch.randn(32)
+    torch.save(
+        {"g_ema": rosinality_generator_keys(G_ema), "latent_avg": latent_avg},
+        path,
+        _use_new_zipfile_serialization=False,
+    )
+    trainer = fake_trainer(network())
+    report = initialise(trainer, path, [])
+    assert torch.equal(trainer.G_ema.mapping.w_avg, latent_avg) and torch.equal(
+        trainer.G.mapping.w_avg, latent_avg
+    )
+    assert (images(trainer.G) - images(G_ema)).abs().max() < 1e-5
+    assert "D (the file has none)" in report.fresh
