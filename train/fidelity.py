@@ -41,6 +41,24 @@ def fid(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
     return float(calculate_frechet_distance(mu1, sigma1, mu2, sigma2))
 
 
+def fid_of(features: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> float:
+    """FID of feature rows against the reals' mean and covariance.
+
+    With more rows than dimensions, pytorch-fid's formula as it is. With fewer (--metrics-n 300), the
+    rows' covariance AᵀA is singular, where scipy's sqrtm is slow (seconds per 2048²) and inaccurate
+    (LinAlgWarning); then tr √(AᵀA·Σ) comes from A·Σ·Aᵀ, which has the same non-zero eigenvalues."""
+    rows, dim = features.shape
+    stats = FeatureStats(dim)
+    stats.add(features)
+    mu, sigma = stats.mean_cov()
+    if rows > dim:
+        return fid(mu, sigma, mean, cov)
+    a = (features.astype(np.float64) - mu) / np.sqrt(rows - 1)
+    root_trace = np.sqrt(np.clip(np.linalg.eigvalsh(a @ cov @ a.T), 0, None)).sum()
+    diff = mu - mean
+    return float(diff @ diff + np.trace(sigma) + np.trace(cov) - 2 * root_trace)
+
+
 def kid(
     real: np.ndarray,
     fake: np.ndarray,

@@ -66,7 +66,7 @@ def parse_metric(name: str) -> MetricSpec:
     kind, digits, thousands, nhood = found.groups()
     count = int(digits) * (1000 if thousands else 1)
     if kind == "pr" and nhood is None:
-        raise InvalidArgument(f"{name!r}: precision/recall names its neighbour count, as in pr50k3_full")
+        raise InvalidArgument(f"{name!r}: precision/recall names its neighbours (pr50k3_full); {known}")
     if kind != "pr" and nhood is not None:
         raise InvalidArgument(f"unknown metric {name!r}; {known}")
     spec = MetricSpec(kind, count, int(nhood) if nhood else 3)
@@ -127,7 +127,7 @@ def measure_generator(
 ) -> dict[str, float]:
     """{key: value} of each metric for G against `dataset` (`n` generated images instead of each
     metric's own count, which the keys then say: fid5k_full)."""
-    from train.fidelity import FeatureStats, fid, kid, precision_recall
+    from train.fidelity import fid_of, kid, precision_recall
     from train.realstats import real_features
 
     specs = parse_metrics(metrics, n)
@@ -140,9 +140,7 @@ def measure_generator(
     for spec in specs:
         ours = fakes[: spec.count]
         if spec.kind == "fid":
-            stats = FeatureStats(ours.shape[1])
-            stats.add(ours)
-            values[spec.name] = fid(*stats.mean_cov(), reals.mean, reals.cov)
+            values[spec.name] = fid_of(ours, reals.mean, reals.cov)
         elif spec.kind == "kid":
             values[spec.name] = kid(reals.rows(REAL_CAP["kid"]), ours, seed=seed)
         else:
@@ -244,8 +242,9 @@ def measure_run(
             "give data of its resolution"
         )
     began = time.monotonic()
+    names = [s.name for s in specs]
     values = measure_generator(
-        gen.G, dataset, [s.name for s in specs], gen.device, progress=progress, batch=batch, inception=inception
+        gen.G, dataset, names, gen.device, progress=progress, batch=batch, inception=inception
     )
     seconds = time.monotonic() - began
     generated = max(s.count for s in specs)
