@@ -229,6 +229,7 @@ class _MeanColours:
 
 
 def test_train_measures_at_snapshot_ticks_only(cache, monkeypatch, tmp_path):
+    from curate.summaries import train_summary
     from train import quality
     from train.stage import train_stylegan
 
@@ -244,4 +245,7 @@ def test_train_measures_at_snapshot_ticks_only(cache, monkeypatch, tmp_path):
     assert [r["tick"] for r in records] == [1, 2, 3, 4]
     assert ["fid32_full" in r for r in records] == [False, True, False, True]
     assert records[-1]["fid32_full"] > 0 and report.measured == {"fid32_full": records[-1]["fid32_full"]}
-    assert loaded[0] == 1 and len(loaded) == 3  # checked before training, then at each snapshot
+    assert len(loaded) == 3  # checked before training, then at each snapshot
+    assert f"measured at the last snapshot: fid32_full {records[-1]['fid32_full']:.4g}" in "\n".join(
+        train_summary(report).lines
+    )

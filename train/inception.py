@@ -7,6 +7,7 @@ the cache, the pinned sha256 and offline mode are the registry's, as for every o
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,7 +79,13 @@ def load_inception(path: str | Path | None = None, device: str | torch.device = 
                     normalize_input=True,
                     use_fid_inception=True,
                 )
-        except (RuntimeError, KeyError, OSError, ValueError) as exc:  # a wrong or damaged state dict
+        except (
+            RuntimeError,
+            KeyError,
+            OSError,
+            ValueError,
+            pickle.UnpicklingError,
+        ) as exc:  # not its state dict
             raise ModelError(
                 f"{weights} is not pytorch-fid's Inception state dict ({INCEPTION_FID.filename}): "
                 f"{type(exc).__name__}: {str(exc)[:300]}"

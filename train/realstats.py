@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from curate.errors import InvalidArgument
 from curate.registry import cache_dir
 
 if TYPE_CHECKING:
@@ -34,8 +35,9 @@ class RealFeatures:
     features: np.ndarray | None = None  # float16 [M, D] of the first M images (KID, PR)
 
     def rows(self, cap: int) -> np.ndarray:
+        """The first `cap` feature rows, float16 (KID and PR cast what they compare at once)."""
         assert self.features is not None
-        return self.features[:cap].astype(np.float32)
+        return self.features[:cap]
 
 
 def metrics_cache() -> Path:
@@ -51,7 +53,7 @@ def real_features(
 
     total = len(dataset)
     if total < 2:
-        raise ValueError(f"{dataset.path}: the metrics need at least 2 real images")
+        raise InvalidArgument(f"{dataset.path}: the metrics need at least 2 real images")
     kinds = {s.kind for s in specs}
     rows = min(total, max((REAL_CAP[k] for k in kinds if k != "fid"), default=0))
     base = f"{dataset.fingerprint[:16]}-{network.key[:12]}"
