@@ -52,7 +52,19 @@ ANIME_FACE_FRCNN = Artifact(
     licence="MIT (hysts/anime-face-detector)",
     description="Faster R-CNN ResNet-50 FPN anime-face detector, mmdet checkpoint",
 )
-ARTIFACTS: dict[str, Artifact] = {a.name: a for a in (CASCADE, ANIME_FACE_FRCNN)}
+# The FID Inception-v3: TensorFlow's inception-2015-12-05 as pytorch-fid ports it. torch hub names the
+# file after the first 8 hex digits of its sha256; the full digest and size are those other projects pin
+# for this file (torch-fidelity republishes the same bytes as weights-inception-2015-12-05-6726825d.pth).
+INCEPTION_FID = Artifact(
+    name="inception-fid",
+    url="https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
+    sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
+    filename="pt_inception-2015-12-05-6726825d.pth",
+    licence="Apache-2.0 (pytorch-fid); weights ported from TensorFlow's inception-2015-12-05",
+    description="Inception-v3 of FID (pytorch-fid's port of TensorFlow's), for FID, KID and precision/recall",
+    size=95628359,
+)
+ARTIFACTS: dict[str, Artifact] = {a.name: a for a in (CASCADE, ANIME_FACE_FRCNN, INCEPTION_FID)}
 
 
 def cache_dir() -> Path:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from detect.tags.tag_train import TagTrainReport
     from embed.filter import FilterReport
     from embed.stage import EmbedReport
+    from train.quality import MetricsReport
     from train.session import TrainReport
 
 
@@ -288,4 +289,22 @@ def train_summary(report: TrainReport) -> Summary:
         lines.append(f"  snapshot {report.snapshot}")
         if grid.is_file():
             lines.append(f"  samples {grid}")
+    if report.measured:
+        lines.append(f"  measured at the last snapshot: {metric_values(report.measured)}")
     return Summary(lines, interrupted=report.interrupted)
+
+
+def metric_values(values: dict[str, float]) -> str:
+    """`fid50k_full 12.34, kid50k_full 0.0123, pr50k3_full_precision 0.712, …`."""
+    return ", ".join(f"{key} {value:.4g}" for key, value in values.items())
+
+
+def metrics_summary(report: MetricsReport) -> Summary:
+    return Summary(
+        [
+            f"[bold]metrics[/bold] {report.snapshot} (kimg {report.nimg / 1000:g}): {report.generated:,} "
+            f"generated against {report.reals:,} reals of {report.data} in {report.seconds:.0f} s",
+            f"  {metric_values(report.values)}",
+            f"  appended to {report.metrics_file}",
+        ]
+    )

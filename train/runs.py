@@ -82,6 +82,10 @@ class TrainOptions:
             raise InvalidArgument("--force starts again; --resume continues: give one of them")
         if self.metrics_n is not None and self.metrics_n < 1:
             raise InvalidArgument("--metrics-n must be at least 1")
+        if self.metrics:
+            from train.quality import parse_metrics
+
+            parse_metrics(self.metrics, self.metrics_n)  # a typo fails now, not after hours of training
 
 
 # What may differ when a run continues: how long it runs, how often it reports and measures, and how

@@ -153,7 +153,8 @@ class TrainingSession:
             torch.cuda.reset_peak_memory_stats(self.device)
         snapshot_tick = final or self.tick % self.options.snap_ticks == 0
         if snapshot_tick and self.options.metrics:
-            record.update(self._measure())
+            with progress.paused():  # the metrics draw their own bars
+                record.update(self._measure())
         self.report.last_tick = record
         if self.world.main:
             with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
@@ -284,6 +285,18 @@ class _Progress:
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """The bar off its line while another bar runs, then back."""
+        if self.bar is None:
+            yield
+            return
+        self.bar.stop()
+        try:
+            yield
+        finally:
+            self.bar.start()
 
     def advance(self, nimg: int) -> None:
         if self.bar is not None:

@@ -62,6 +62,10 @@ def prepare_session(options: TrainOptions, world: World, device) -> TrainingSess
     from train.loop import StepSettings, Trainer
     from train.snapshot import KEEP_RESUMABLE, is_resumable, load_snapshot
 
+    if options.metrics and world.main:
+        from train.quality import prepare_metrics
+
+        prepare_metrics(options.metrics, device, options.metrics_n)  # now, not at the first snapshot
     data = _data_path(options)
     # rank 0 reads every header; the others take its checked TrainingSet (it pickles)
     dataset = _shared(open_dataset(data, progress=options.progress) if world.main else None, world)
