@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 
 from curate.report.facts import Facts
+from curate.report.training import STYLE as TRAINING_STYLE
 
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -26,11 +27,14 @@ window.addEventListener('load', function () {
 """
 
 
-def render(facts: Facts, thumbs: dict[str, str], title: str, tag_chart: str | None) -> str:
-    """The whole page; `thumbs` maps face ids to thumbnail paths relative to the page."""
+def render(
+    facts: Facts, thumbs: dict[str, str], title: str, tag_chart: str | None, training: str = ""
+) -> str:
+    """The whole page; `thumbs` maps face ids to thumbnail paths relative to the page, `training` is
+    the training section's HTML (curate.report.training)."""
     parts = [
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{_e(title)}</title>",
-        f"<style>{STYLE}</style><script>{CHECK}</script></head><body>",
+        f"<style>{STYLE}{TRAINING_STYLE}</style><script>{CHECK}</script></head><body>",
         f"<h1>{_e(title)}</h1>",
         "<h2>Funnel</h2>",
         _funnel(facts.funnel),
@@ -48,6 +52,8 @@ def render(facts: Facts, thumbs: dict[str, str], title: str, tag_chart: str | No
         parts += ["<h2>Filter scores</h2>", _histogram(facts.scores, facts.threshold)]
     if tag_chart:
         parts += ["<h2>Tags</h2>", f'<img src="{_e(tag_chart)}" alt="tag counts">']
+    if training:
+        parts.append(training)
     parts += ["<h2>Parameters</h2>"]
     parts += [
         f"<h3>{_e(stage)}</h3><pre>{_e(json.dumps(params, indent=1, default=str))}</pre>"
