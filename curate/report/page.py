@@ -18,11 +18,25 @@ table{border-collapse:collapse}td,th{padding:2px 10px;text-align:left}td.n{text-
 .group img:first-child{outline:3px solid #3a7}pre{background:#f6f6f6;padding:8px;overflow:auto}
 """
 BLUE = "#4670be"
-# After load, the page counts images that did not resolve (a test reads it back from the DOM).
+# After load, the page counts images that did not resolve and charts drawn at no size, and writes each
+# image's and chart's rendered width on it (tests read them back from the DOM).
 CHECK = """
 window.addEventListener('load', function () {
   var broken = Array.prototype.filter.call(document.images, function (i) { return !i.naturalWidth; });
   document.body.setAttribute('data-broken-images', String(broken.length));
+  Array.prototype.forEach.call(document.images, function (i) {
+    i.setAttribute('data-natural-width', String(i.naturalWidth));
+  });
+  var empty = 0;
+  Array.prototype.forEach.call(document.querySelectorAll('svg.curve'), function (s) {
+    var box = s.getBoundingClientRect(), lines = s.querySelectorAll('polyline, circle');
+    var drawn = Array.prototype.filter.call(lines, function (l) {
+      var b = l.getBBox(); return b.width + b.height > 0;
+    });
+    s.setAttribute('data-rendered', box.width + 'x' + box.height + ':' + drawn.length);
+    if (!box.width || !box.height) { empty += 1; }
+  });
+  document.body.setAttribute('data-empty-charts', String(empty));
 });
 """
 
