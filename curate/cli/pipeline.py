@@ -61,11 +61,13 @@ def export(
 
 @app.command()
 def report(workspace: opt.Workspace = opt.DEFAULT_WORKSPACE, quiet: opt.Quiet = False) -> None:
-    """Write WORKSPACE/report/index.html: the funnel, contact sheets, duplicates, tags, scores, parameters."""
+    """Write WORKSPACE/report/index.html: the funnel, contact sheets, duplicates, tags, scores, training
+    runs (curves, metrics, newest grids), parameters."""
     from curate.report import build_report
 
     result = build_report(workspace, progress=not quiet)
-    out.print(f"[bold]report[/bold]: {result.page} ({result.thumbnails:,} thumbnails)")
+    runs = f", {result.runs} training run{'s' if result.runs != 1 else ''}" if result.runs else ""
+    out.print(f"[bold]report[/bold]: {result.page} ({result.thumbnails:,} thumbnails{runs})")
 
 
 @app.command("run")

@@ -1,4 +1,5 @@
-"""`curate report`: a static page of what happened to a workspace (report/index.html)."""
+"""`curate report`: a static page of what happened to a workspace (report/index.html), its training
+runs included."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from curate.images import flat_rgb
 from curate.progress import StageProgress
 from curate.report.facts import gather
 from curate.report.page import render
+from curate.report.runs import gather_runs
+from curate.report.training import copy_run_images, render_training
 from curate.workspace import Workspace
 
 THUMB_SIDE = 96
@@ -23,12 +26,14 @@ KEPT_SHOWN, DROPPED_SHOWN, GROUPS_SHOWN = 96, 48, 20
 class ReportResult:
     page: Path
     thumbnails: int
+    runs: int = 0  # training runs shown
 
 
 def build_report(workspace: str | Path, *, progress: bool = True) -> ReportResult:
     """Write <workspace>/report/index.html, its thumbnails and charts; the folder works when copied."""
     ws = Workspace.open(workspace)
     facts = gather(ws)
+    runs = gather_runs(ws.runs)
     shown = set(facts.kept[:KEPT_SHOWN])
     for faces in facts.dropped.values():
         shown.update(faces[:DROPPED_SHOWN])
@@ -43,8 +48,9 @@ def build_report(workspace: str | Path, *, progress: bool = True) -> ReportResul
         if facts.tags:
             bar_chart(facts.tags, tmp / "tags.png", title="Labels of tagged faces", total=facts.funnel[3][1])
             chart = "tags.png"
+        training = render_training(runs, copy_run_images(runs, tmp))
         (tmp / "index.html").write_text(
-            render(facts, thumbs, f"curate report: {ws.root.name}", chart), "utf-8"
+            render(facts, thumbs, f"curate report: {ws.root.name}", chart, training), "utf-8"
         )
         old = folder.with_name(f".report.{uuid.uuid4().hex[:6]}.old")
         if folder.exists():
@@ -53,7 +59,7 @@ def build_report(workspace: str | Path, *, progress: bool = True) -> ReportResul
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return ReportResult(folder / "index.html", len(thumbs))
+    return ReportResult(folder / "index.html", len(thumbs), len(runs))
 
 
 def _thumbnails(

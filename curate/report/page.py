@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 
 from curate.report.facts import Facts
+from curate.report.training import STYLE as TRAINING_STYLE
 
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -17,20 +18,37 @@ table{border-collapse:collapse}td,th{padding:2px 10px;text-align:left}td.n{text-
 .group img:first-child{outline:3px solid #3a7}pre{background:#f6f6f6;padding:8px;overflow:auto}
 """
 BLUE = "#4670be"
-# After load, the page counts images that did not resolve (a test reads it back from the DOM).
+# After load, the page counts images that did not resolve and charts drawn at no size, and writes each
+# image's and chart's rendered width on it (tests read them back from the DOM).
 CHECK = """
 window.addEventListener('load', function () {
   var broken = Array.prototype.filter.call(document.images, function (i) { return !i.naturalWidth; });
   document.body.setAttribute('data-broken-images', String(broken.length));
+  Array.prototype.forEach.call(document.images, function (i) {
+    i.setAttribute('data-natural-width', String(i.naturalWidth));
+  });
+  var empty = 0;
+  Array.prototype.forEach.call(document.querySelectorAll('svg.curve'), function (s) {
+    var box = s.getBoundingClientRect(), lines = s.querySelectorAll('polyline, circle');
+    var drawn = Array.prototype.filter.call(lines, function (l) {
+      var b = l.getBBox(); return b.width + b.height > 0;
+    });
+    s.setAttribute('data-rendered', box.width + 'x' + box.height + ':' + drawn.length);
+    if (!box.width || !box.height) { empty += 1; }
+  });
+  document.body.setAttribute('data-empty-charts', String(empty));
 });
 """
 
 
-def render(facts: Facts, thumbs: dict[str, str], title: str, tag_chart: str | None) -> str:
-    """The whole page; `thumbs` maps face ids to thumbnail paths relative to the page."""
+def render(
+    facts: Facts, thumbs: dict[str, str], title: str, tag_chart: str | None, training: str = ""
+) -> str:
+    """The whole page; `thumbs` maps face ids to thumbnail paths relative to the page, `training` is
+    the training section's HTML (curate.report.training)."""
     parts = [
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{_e(title)}</title>",
-        f"<style>{STYLE}</style><script>{CHECK}</script></head><body>",
+        f"<style>{STYLE}{TRAINING_STYLE}</style><script>{CHECK}</script></head><body>",
         f"<h1>{_e(title)}</h1>",
         "<h2>Funnel</h2>",
         _funnel(facts.funnel),
@@ -48,6 +66,8 @@ def render(facts: Facts, thumbs: dict[str, str], title: str, tag_chart: str | No
         parts += ["<h2>Filter scores</h2>", _histogram(facts.scores, facts.threshold)]
     if tag_chart:
         parts += ["<h2>Tags</h2>", f'<img src="{_e(tag_chart)}" alt="tag counts">']
+    if training:
+        parts.append(training)
     parts += ["<h2>Parameters</h2>"]
     parts += [
         f"<h3>{_e(stage)}</h3><pre>{_e(json.dumps(params, indent=1, default=str))}</pre>"
