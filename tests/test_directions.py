@@ -80,6 +80,7 @@ def test_the_fit_recovers_a_known_direction_in_w(colour_run, tmp_path):
     assert float(fit.vector @ direction) > 0.9 and float(fit.vector.norm()) == pytest.approx(1, abs=1e-5)
     assert fit.accuracy > 0.9 and fit.auc > 0.95 and fit.balanced_accuracy > 0.9
     assert fit.held_out == 400 and 0.3 < fit.positives / 2000 < 0.7
+    assert fit.l2 == 1e-4  # a sharp boundary: the least regularisation of the grid fits it best
 
     saved = load_directions(tmp_path)
     assert saved.names == ["toward"] and torch.allclose(saved.vectors[0], fit.vector)

@@ -32,6 +32,10 @@ MIN_POSITIVES = 20  # a tag needs this many positives and negatives (and MIN_SHA
 MIN_SHARE = 0.02  # …or its boundary is fitted to a handful of faces
 MIN_SAMPLES = 50
 FIT_STEPS = 200  # L-BFGS iterations: a convex problem of w_dim + 1 unknowns converges well within
+# L2 weights tried per tag, the one with the least log loss on a quarter of the fitting share kept: clean
+# tags want little (the boundary is sharp), noisy or rare ones more (measured: the recovered direction's
+# cosine to the true one, 512-dim w, 10k samples, moves by up to 0.15 between these)
+L2_GRID = (1e-4, 1e-3, 1e-2)
 
 
 @dataclass
@@ -73,7 +77,7 @@ class DirectionsOptions:
     device: str = "auto"
     seed: int = 0
     held_out: float = 0.2  # share of each tag's positives and negatives kept out of its fit
-    l2: float = 1e-4  # weight of ½‖β‖² beside the mean log loss (standardised w): sklearn's C = 1 at 10k
+    l2: float | None = None  # weight of ½‖β‖² beside the mean log loss (standardised w); None: chosen
     out: Path | None = None  # folder for directions.pt and .json; None: the run folder
     progress: bool = True
     tagging: Tagging | None = None  # stands in for the tagger (tests); None: load `tagger`
@@ -91,6 +95,7 @@ class TagFit:
     auc: float
     positives: int  # of all samples
     held_out: int  # samples the figures above are measured on
+    l2: float = 0.0  # the regularisation weight it was fitted with
 
 
 @dataclass
@@ -253,7 +258,8 @@ def fit_tag(
     std = std.clamp_min(1e-8 * float(std.max()) + 1e-12)  # a constant coordinate of W carries nothing
     y = torch.from_numpy(positive.astype(np.float64))
     standard = (x - mean) / std
-    beta, bias = logistic_regression(standard[train], y[train], options.l2)
+    l2 = options.l2 if options.l2 is not None else choose_l2(standard, y, train, positive, rng)
+    beta, bias = logistic_regression(standard[train], y[train], l2)
     scores = (standard[test] @ beta + bias).numpy()
     truth = positive[test]
     guess = scores > 0
@@ -268,7 +274,22 @@ def fit_tag(
         auc=roc_auc(scores, truth),
         positives=int(positive.sum()),
         held_out=len(test),
+        l2=l2,
     )
+
+
+def choose_l2(
+    x: torch.Tensor, y: torch.Tensor, train: np.ndarray, positive: np.ndarray, rng: np.random.Generator
+) -> float:
+    """The L2_GRID weight whose fit on ¾ of `train` has the least log loss on the other ¼."""
+    import torch.nn.functional as F
+
+    inner, check = (train[part] for part in stratified_split(positive[train], 0.25, rng))
+    losses = []
+    for l2 in L2_GRID:
+        beta, bias = logistic_regression(x[inner], y[inner], l2)
+        losses.append(float(F.binary_cross_entropy_with_logits(x[check] @ beta + bias, y[check])))
+    return L2_GRID[int(np.argmin(losses))]
 
 
 def stratified_split(
@@ -334,6 +355,7 @@ def write_table(path: Path, report: DirectionsReport, info: dict) -> Path:
             "positive_share": round(f.positives / report.samples, 4),
             "held_out": f.held_out,
             "scale": round(f.scale, 5),
+            "l2": f.l2,
         }
         for f in report.fits
     ]
@@ -352,7 +374,7 @@ def _info(report: DirectionsReport, options: DirectionsOptions) -> dict:
         "seed": options.seed,
         "threshold": options.threshold,
         "held_out_share": options.held_out,
-        "l2": options.l2,
+        "l2": {f.name: f.l2 for f in report.fits},
         "labels_from": report.labels_from,
         "positives": {f.name: f.positives for f in report.fits},
         "auc": {f.name: f.auc for f in report.fits},
