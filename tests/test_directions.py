@@ -179,3 +179,24 @@ def test_auc_counts_ties_half():
     # pairs (positive, negative): 0.4 vs 0.1 ✓, 0.4 vs 0.4 ½, 0.4 vs 0.9 ✗, 0.8 vs 0.1 ✓, 0.4 ✓, 0.9 ✗
     assert roc_auc(scores, truth) == pytest.approx(3.5 / 6)
     assert np.isnan(roc_auc(scores, np.zeros(5, bool)))
+
+
+def test_label_sets_come_from_the_training_set_or_else_one_random_label_each(tmp_path):
+    from types import SimpleNamespace
+
+    from tests.gan import colour_set
+    from train.direction_fit import label_rows
+
+    data = colour_set(tmp_path / "data", count=8)  # labels 0, 1, 2, 3, 0, 1, 2, 3
+    gen = SimpleNamespace(c_dim=4, dataset={"path": str(data)})
+    rows, where = label_rows(gen, 400, np.random.default_rng(0))
+    assert where == f"training set {data}" and all(len(row) == 1 for row in rows)
+    assert all(80 <= n <= 120 for n in np.bincount([row[0] for row in rows], minlength=4))
+    gen.dataset["path"] = str(tmp_path / "moved")
+    rows, where = label_rows(gen, 400, np.random.default_rng(0))
+    assert where == f"one random label per sample ({tmp_path / 'moved'} is not readable)"
+    assert sorted({row[0] for row in rows}) == [0, 1, 2, 3] and all(len(row) == 1 for row in rows)
+    assert label_rows(SimpleNamespace(c_dim=0, dataset={}), 3, np.random.default_rng(0)) == (
+        [[], [], []],
+        "none (unconditional)",
+    )
