@@ -10,6 +10,7 @@ each tag's share of positives are reported beside it.
 from __future__ import annotations
 
 import difflib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -130,23 +131,27 @@ def fit_directions(options: DirectionsOptions) -> DirectionsReport:
     )
     rng = np.random.default_rng(options.seed)
     rows, report.labels_from = label_rows(gen, options.n, rng)
-    with StageProgress("directions", total=options.n, unit="faces", enabled=options.progress) as progress:
-        try:
+    started = time.monotonic()
+    try:
+        with StageProgress("directions", total=options.n, unit="faces", enabled=options.progress) as progress:
             w, probs = sample_and_tag(gen, tagging, columns, rows, options, progress)
-        except KeyboardInterrupt:
-            report.interrupted, report.seconds = True, progress.elapsed
-            return report
         report.samples = len(w)
         positive = probs >= options.threshold
         floor = max(MIN_POSITIVES, int(np.ceil(MIN_SHARE * len(w))))
-        for k, (name, _) in enumerate(columns):
-            count = int(positive[:, k].sum())
-            if min(count, len(w) - count) < floor:
-                why = f"{count:,} of {len(w):,} samples positive; needs {floor:,} positive and negative"
-                report.skipped.append((name, why))
-                continue
-            report.fits.append(fit_tag(name, w, positive[:, k], options, rng))
-        report.seconds = progress.elapsed
+        with StageProgress("fit", total=len(columns), unit="tags", enabled=options.progress) as progress:
+            for k, (name, _) in enumerate(columns):
+                count = int(positive[:, k].sum())
+                if min(count, len(w) - count) < floor:
+                    why = f"{count:,} of {len(w):,} samples positive; needs {floor:,} positive and negative"
+                    report.skipped.append((name, why))
+                else:
+                    report.fits.append(fit_tag(name, w, positive[:, k], options, rng))
+                progress.advance()
+    except KeyboardInterrupt:  # nothing is written: a fit from part of the samples is not the one asked
+        report.interrupted = True
+        return report
+    finally:
+        report.seconds = time.monotonic() - started
     if not report.fits:
         reasons = "; ".join(f"{name}: {why}" for name, why in report.skipped)
         raise ModelError(f"no tag could be fitted from {len(w):,} samples ({reasons}): try a larger --n")
@@ -157,7 +162,8 @@ def fit_directions(options: DirectionsOptions) -> DirectionsReport:
         accuracy=[f.accuracy for f in report.fits],
         info=_info(report, options),
     )
-    folder = Path(options.out) if options.out is not None else Path(options.run)
+    run = Path(options.run).expanduser()
+    folder = Path(options.out) if options.out is not None else run if run.is_dir() else run.parent
     report.path = save_directions(folder, directions)
     report.table = write_table(folder / TABLE_FILE, report, directions.info)
     return report
