@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from detect.tags.tag_train import TagTrainReport
     from embed.filter import FilterReport
     from embed.stage import EmbedReport
+    from train.direction_fit import DirectionsReport
     from train.quality import MetricsReport
     from train.session import TrainReport
 
@@ -308,3 +309,26 @@ def metrics_summary(report: MetricsReport) -> Summary:
             f"  appended to {report.metrics_file}",
         ]
     )
+
+
+def directions_summary(report: DirectionsReport) -> Summary:
+    """The fitted tags, best held-out accuracy first, with AUC and positive share beside it."""
+    if report.interrupted:
+        return Summary([f"[bold]directions[/bold]: interrupted; {report.run} is unchanged"], interrupted=True)
+    lines = [
+        f"[bold]directions[/bold] {report.run}: {len(report.fits)} tags from {report.samples:,} samples "
+        f"in {report.seconds:.0f} s (tagger {escape(report.tagger)}; labels: {escape(report.labels_from)})",
+        f"  {'tag':<24}{'accuracy':>9}{'balanced':>10}{'AUC':>7}{'positive':>10}",
+    ]
+    for fit in sorted(report.fits, key=lambda f: -f.accuracy):
+        share = fit.positives / max(report.samples, 1)
+        lines.append(
+            f"  {escape(fit.name):<24}{fit.accuracy:>9.3f}{fit.balanced_accuracy:>10.3f}{fit.auc:>7.3f}"
+            f"{share:>10.1%}"
+        )
+    lines.append(f"  saved {report.path} (figures in {report.table}); use them with --edit NAME=STRENGTH")
+    warnings = [f"directions: skipped {name}: {why}" for name, why in report.skipped]
+    if report.not_in_tagger:
+        unknown = ", ".join(report.not_in_tagger)
+        warnings.append(f"directions: the tagger does not know the run's labels {unknown}")
+    return Summary(lines, warnings)

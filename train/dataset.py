@@ -141,6 +141,11 @@ def open_dataset(path: str | Path, *, progress: bool = True, threads: int | None
     )
 
 
+def read_labels(path: str | Path) -> tuple[np.ndarray, list[str]]:
+    """A training set's labels [N, C] and their names, without opening its images (C = 0 unconditional)."""
+    return _parse_labels(find_layout(Path(path).expanduser().resolve()))
+
+
 def latest_export(workspace: str | Path) -> Path:
     """The newest trainable export under WORKSPACE/export/ (by its export.json's `created_at`)."""
     root = Workspace(Path(workspace).expanduser().resolve()).export

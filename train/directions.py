@@ -7,6 +7,7 @@ the network's scale. Fitting (`curate directions`) lives beside this in train/di
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +34,21 @@ class Directions:
     info: dict = field(default_factory=dict)  # snapshot, tagger, sample count, positives per tag…
 
     def index(self, name: str) -> int:
-        from train.inference import label_indices
+        """Where `name` is (Booru or Illustration2Vec spelling); an unknown name is an error naming the
+        nearest directions there are."""
+        from curate.tagnames import current_tag
 
-        return label_indices([name], self.names)[0]
+        index = {current_tag(n): i for i, n in enumerate(self.names)}
+        tag = current_tag(name)
+        if tag not in index:
+            near = difflib.get_close_matches(tag, list(index), n=5, cutoff=0.5)
+            shown = ", ".join(near or self.names[:8]) + ("" if near or len(self.names) <= 8 else " …")
+            which = "nearest" if near else "there are"
+            raise InvalidArgument(
+                f"--edit {name.strip()!r}: no such direction ({which}: {shown}); "
+                "`curate directions --tags` fits more"
+            )
+        return index[tag]
 
 
 def save_directions(run: Path, directions: Directions) -> Path:
