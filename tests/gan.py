@@ -67,3 +67,27 @@ def colour_scores(G, count: int = 200, seed: int = 1) -> tuple[float, float]:
         distance = (mean - colours[labels]).norm(dim=1).mean().item()
         accuracy = (torch.cdist(mean, colours).argmin(dim=1) == labels).float().mean().item()
     return distance, accuracy
+
+
+def random_inception(path: Path) -> Path:
+    """pytorch-fid's FID Inception with random (He) weights, saved as its state dict like the real file."""
+    import sys
+
+    import pytorch_fid.inception as library
+    import torch
+
+    def own_state(url, *args, **kwargs):
+        return sys._getframe(1).f_locals["inception"].state_dict()  # fid_inception_v3's fresh model
+
+    original, library.load_state_dict_from_url = library.load_state_dict_from_url, own_state
+    try:
+        torch.manual_seed(0)
+        model = library.fid_inception_v3()
+    finally:
+        library.load_state_dict_from_url = original
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):  # the default init's features vanish (~1e-8)
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return path

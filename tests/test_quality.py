@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,30 +13,12 @@ import pytest
 
 from curate import registry
 from curate.errors import InvalidArgument, ModelError
-from tests.gan import colour_set, tiny_options
+from tests.gan import colour_set, random_inception, tiny_options
 
 
 @pytest.fixture(scope="module")
 def inception_file(tmp_path_factory) -> Path:
-    """pytorch-fid's FID Inception with random (He) weights, saved as its state dict like the real file."""
-    import pytorch_fid.inception as library
-    import torch
-
-    def own_state(url, *args, **kwargs):
-        return sys._getframe(1).f_locals["inception"].state_dict()  # fid_inception_v3's fresh model
-
-    original, library.load_state_dict_from_url = library.load_state_dict_from_url, own_state
-    try:
-        torch.manual_seed(0)
-        model = library.fid_inception_v3()
-    finally:
-        library.load_state_dict_from_url = original
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv2d):  # the default init's features vanish (~1e-8)
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
-    torch.save(model.state_dict(), path)
-    return path
+    return random_inception(tmp_path_factory.mktemp("inception") / "random-inception.pth")
 
 
 @pytest.fixture
