@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from detect.tags.tag_train import TagTrainReport
     from embed.filter import FilterReport
     from embed.stage import EmbedReport
+    from train.generate import GenerateReport
     from train.session import TrainReport
 
 
@@ -287,3 +288,22 @@ def train_summary(report: TrainReport) -> Summary:
         if grid.is_file():
             lines.append(f"  samples {grid}")
     return Summary(lines, interrupted=report.interrupted)
+
+
+def generate_summary(report: GenerateReport) -> Summary:
+    if report.interrupted:
+        return Summary([f"generate stopped: nothing written to {report.out}"])
+    if report.up_to_date:
+        return Summary(
+            [
+                f"{report.out} already holds these images: nothing to do.",
+                "Other parameters make another folder; --force makes them again.",
+            ]
+        )
+    made = f"{report.images:,} images in {report.seconds:.1f} s ({report.images_per_sec:.1f} images/s)"
+    lines = [f"[bold]generate[/bold] {report.mode} from {report.snapshot.name}: {made} → {report.out}"]
+    if report.image_files:
+        lines.append(f"  {report.image_files:,} PNGs, one per seed (seed0001.png …)")
+    lines += [f"  {name:<14}{path}" for name, path in report.files.items()]
+    lines.append(f"  {'parameters':<14}{report.out / 'params.json'}")
+    return Summary(lines)

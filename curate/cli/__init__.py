@@ -11,7 +11,7 @@ from importlib import import_module
 
 from curate.cli.program import app, main
 
-FAMILIES = ("sources", "faces", "tags", "embeddings", "pipeline", "training")
+FAMILIES = ("sources", "faces", "tags", "embeddings", "pipeline", "training", "generation")
 
 for _family in FAMILIES:
     import_module(f"curate.cli.{_family}")
