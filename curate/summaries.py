@@ -303,7 +303,8 @@ def generate_summary(report: GenerateReport) -> Summary:
     made = f"{report.images:,} images in {report.seconds:.1f} s ({report.images_per_sec:.1f} images/s)"
     lines = [f"[bold]generate[/bold] {report.mode} from {report.snapshot.name}: {made} → {report.out}"]
     if report.image_files:
-        lines.append(f"  {report.image_files:,} PNGs, one per seed (seed0001.png …)")
+        first, last = report.image_files
+        lines.append(f"  {'one per seed':<14}{report.out / first}" + (f" … {last}" if last != first else ""))
     lines += [f"  {name:<14}{path}" for name, path in report.files.items()]
     lines.append(f"  {'parameters':<14}{report.out / 'params.json'}")
     return Summary(lines)

@@ -232,3 +232,19 @@ def test_an_unconditional_generator_refuses_labels_and_writes_under_the_run(tmp_
         "images-000000.016-seed0-n3-"
     )
     assert len(list(report.out.glob("seed*.png"))) == 3 and not list(run.glob("generated/.*"))
+
+
+def test_the_threaded_png_encoder_writes_files_that_decode_to_the_same_pixels(tmp_path):
+    from train.pngwriter import PngWriter, png_bytes
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((16, 16), (3, 40), (1, 1))]
+    images.append(np.zeros((8, 8, 3), np.uint8) + np.array([255, 0, 128], np.uint8))
+    writer = PngWriter(threads=2, pending=2)
+    for k, image in enumerate(images):
+        writer.put(tmp_path / f"{k}.png", image)
+    writer.close()
+    for k, image in enumerate(images):
+        assert np.array_equal(png(tmp_path / f"{k}.png"), image)
+    with pytest.raises(ValueError, match="uint8 HWC RGB"):
+        png_bytes(np.zeros((4, 4), np.uint8))

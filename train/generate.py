@@ -16,16 +16,15 @@ import re
 import shutil
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from threading import BoundedSemaphore
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from curate.errors import InvalidArgument
-from curate.processes import cpu_count
+from train.pngwriter import PngWriter
 
 if TYPE_CHECKING:
     import torch
@@ -37,7 +36,6 @@ MODES = ("images", "tags", "mix", "interpolate")
 NOISE_MODES = ("const", "random", "none")
 GRID_COLUMNS = 8
 GRID_MAX = 64  # images of the `images` grid: the first 64 seeds, whatever --n is
-PNG_LEVEL = 3  # zlib level: a third of level 6's time for files about 5% larger
 EDIT_STEPS = (-1.0, -0.5, 0.0, 0.5, 1.0)  # an edit strip's strengths, times the strength asked for
 GIF_FRAME_MS = 80
 PARAMS = "params.json"
@@ -74,7 +72,7 @@ class GenerateReport:
     snapshot: Path
     images: int = 0  # images generated
     files: dict[str, Path] = field(default_factory=dict)  # what a person looks at: grid, strips, GIF
-    image_files: int = 0  # one PNG per seed (mode `images`)
+    image_files: list[str] = field(default_factory=list)  # mode `images`: the first and last PNG per seed
     seconds: float = 0.0
     up_to_date: bool = False
     interrupted: bool = False
@@ -126,40 +124,6 @@ class Job:
         return [self.gen.label_names[i] for i in row]
 
 
-class PngWriter:
-    """Encodes and writes PNGs on a few threads while the next batch generates; a bounded number wait,
-    so a slow disk slows generation instead of filling memory."""
-
-    def __init__(self, threads: int | None = None, pending: int = 256):
-        self.pool = ThreadPoolExecutor(max_workers=threads or min(8, cpu_count()), thread_name_prefix="png")
-        self.slots = BoundedSemaphore(pending)
-        self.futures: list[Future] = []
-
-    def put(self, path: Path, image: np.ndarray) -> None:
-        self.slots.acquire()
-        future = self.pool.submit(_write_png, path, image)
-        future.add_done_callback(lambda _: self.slots.release())
-        self.futures.append(future)
-        if len(self.futures) > 4096:  # drop the finished, raising the first error early
-            for done in [f for f in self.futures if f.done()]:
-                done.result()
-            self.futures = [f for f in self.futures if not f.done()]
-
-    def close(self) -> None:
-        """Wait for every write; raise the first error."""
-        try:
-            for future in self.futures:
-                future.result()
-        finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _write_png(path: Path, image: np.ndarray) -> None:
-    from PIL import Image
-
-    Image.fromarray(image).save(path, format="PNG", compress_level=PNG_LEVEL)
-
-
 def generate(options: GenerateOptions) -> GenerateReport:
     """Generate what `options` asks for into a new folder (see the module docstring)."""
     from train.inference import load_generator
@@ -195,12 +159,12 @@ def generate(options: GenerateOptions) -> GenerateReport:
             writer.close()
             report.seconds = time.perf_counter() - start
         except KeyboardInterrupt:
-            writer.pool.shutdown(wait=True, cancel_futures=True)
+            writer.abandon()
             shutil.rmtree(folder, ignore_errors=True)
             report.interrupted = True
             return report
         except BaseException:
-            writer.pool.shutdown(wait=True, cancel_futures=True)
+            writer.abandon()
             shutil.rmtree(folder, ignore_errors=True)
             raise
         params["snapshot"]["sha256"] = digest.result()

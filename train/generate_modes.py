@@ -4,6 +4,7 @@ interpolation strips and GIFs, and a strip per `--edit`. `train.generate` runs t
 from __future__ import annotations
 
 import math
+from functools import partial
 from itertools import pairwise
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from train.generate import Job
     from train.inference import TrainedGenerator
 
-# the grids' default font has ASCII only: labels say 4-8 px, ->, ..
+# the grids' default font has ASCII only: labels say 4x4-8x8, ->, ..
 ROWS_FROM_DATA = 8  # --vary tags without --rows: this many distinct label sets of the training data
 
 
@@ -36,14 +37,19 @@ def images(job: Job) -> None:
                 job.writer.put(job.folder / f"seed{seed:04d}.png", image)
                 if len(tiles) < GRID_MAX:
                     tiles.append(image)
+                    if len(tiles) == min(n, GRID_MAX):  # written while the rest generate
+                        _seed_grid(job, seeds, tiles)
             bar.advance(len(chunk))
-    job.report.image_files = n
+    job.report.image_files = [f"seed{seeds[0]:04d}.png", f"seed{seeds[-1]:04d}.png"]
+
+
+def _seed_grid(job: Job, seeds: list[int], tiles: list[np.ndarray]) -> None:
     names = job.names(job.row)
     row_names = [
         [f"seeds {seeds[r]}-{seeds[min(r + GRID_COLUMNS, len(tiles)) - 1]}", *names]
         for r in range(0, len(tiles), GRID_COLUMNS)
     ]
-    _grid(job, "grid", tile_grid(tiles, min(GRID_COLUMNS, n)), row_names)
+    _grid(job, "grid", tile_grid(tiles, min(GRID_COLUMNS, len(tiles))), row_names)
 
 
 def label_rows(gen: TrainedGenerator, text: str | None, seed: int) -> list[list[int]]:
@@ -103,7 +109,7 @@ def mix(job: Job) -> None:
 def _resolutions(group: str, resolution: int) -> str:
     low, high = {"coarse": (4, 8), "middle": (16, 32), "fine": (64, resolution)}[group]
     high = min(high, resolution)
-    return f"{low}-{high} px" if high > low else f"{low} px"
+    return f"{low}x{low}-{high}x{high}" if high > low else f"{low}x{low}"
 
 
 def interpolate(job: Job) -> None:
@@ -153,9 +159,11 @@ def _first_seed(job: Job) -> int:
 
 def _grid(job: Job, name: str, grid: np.ndarray, row_names: list[list[str]], stem: str | None = None) -> None:
     from train.grids import save_grid
+    from train.pngwriter import LEVEL
 
     path = job.folder / f"{stem or name}.png"
-    job.report.files[name] = save_grid(path, grid, job.gen.resolution, row_names)
+    job.writer.submit(partial(save_grid, compress_level=LEVEL), path, grid, job.gen.resolution, row_names)
+    job.report.files[name] = path
 
 
 def tile_grid(tiles: list[np.ndarray], columns: int) -> np.ndarray:
