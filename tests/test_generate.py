@@ -68,6 +68,9 @@ def test_a_label_draws_its_colour_and_a_seed_is_the_same_face_in_any_batch(colou
     assert params["snapshot"]["sha256"] == hashlib.sha256(snapshot.read_bytes()).hexdigest()
     assert params["key"]["tags"] == ["label_2"] and params["key"]["n"] == 24 and params["images"] == 24
     assert params["command"][params["command"].index("--tags") + 1] == "label_2"
+    older = run_generate(colour_run, tmp_path / "older", tags="label_2", n=1, seed=1, snapshot="3.024")
+    assert older.snapshot.name == "snapshot-000003.024.pt"
+    assert not np.array_equal(png(older.out / "seed0001.png"), png(report.out / "seed0001.png"))
 
 
 def test_truncation_zero_gives_the_label_sets_own_mean_w_and_the_cutoff_spares_later_ws(colour_run, tmp_path):
@@ -202,6 +205,12 @@ def test_the_command_line_spells_labels_either_way_and_names_the_nearest_on_a_mi
     other = runner.invoke(app, [*args, "--out", str(out), "--seed", "5"])
     assert isinstance(other.exception, InvalidArgument) and "--force" in str(other.exception)
     assert not (out / "seed0005.png").exists()
+    # params.json holds the command that makes the same images again
+    command = json.loads((out / "params.json").read_text())["command"]
+    assert command[:2] == ["curate", "generate"] and "--snapshot" in command
+    remade = runner.invoke(app, [*command[1:], "--out", str(tmp_path / "remade"), "--device", "cpu", "-q"])
+    assert remade.exit_code == 0, remade.output
+    assert np.array_equal(png(tmp_path / "remade" / "seed0002.png"), png(out / "seed0002.png"))
     forced = runner.invoke(app, [*args, "--out", str(out), "--seed", "5", "--force"])
     assert forced.exit_code == 0 and (out / "seed0005.png").is_file() and not (out / "seed0000.png").exists()
     unknown = runner.invoke(

@@ -291,22 +291,26 @@ def _params(
 
 
 def _command(o: GenerateOptions, gen: TrainedGenerator, plan: dict[str, Any]) -> list[str]:
-    """The `curate generate` arguments that make the same images again (the folder aside)."""
+    """The `curate generate` arguments that make the same images again (into another folder): the
+    snapshot, counts and label rows as resolved, not as defaulted."""
     words = ["curate", "generate", "--run", str(Path(o.run).expanduser().resolve())]
-    flags = {
-        "snapshot": "--snapshot", "n": "--n", "seed": "--seed", "tags": "--tags",
-        "truncation": "--truncation", "truncation_cutoff": "--truncation-cutoff",
-        "noise_mode": "--noise-mode", "vary": "--vary", "mix": "--mix", "interpolate": "--interpolate",
-        "steps": "--steps", "edit": "--edit",
-    }  # fmt: skip
-    for name, flag in flags.items():
-        value = getattr(o, name)
-        if value not in (None, ""):
-            words += [flag, str(value)]
+    words += ["--snapshot", gen.snapshot.name]
+    if "n" in plan:
+        words += ["--n", str(plan["n"]), "--seed", str(o.seed)]
     if "rows" in plan:  # the label sets used, also when they were drawn from the data
         rows = [",".join(gen.label_names[i] for i in r) or "-" for r in plan["rows"]]
-        words += ["--rows", ";".join(rows)]
-    return words + (["--gif"] if o.gif else [])
+        words += ["--vary", "tags", "--rows", ";".join(rows)]
+    if "pairs" in plan:
+        words += ["--mix", ";".join(f"{a},{b}" for a, b in plan["pairs"])]
+    if "seeds" in plan:
+        words += ["--interpolate", ",".join(map(str, plan["seeds"])), "--steps", str(o.steps)]
+        words += ["--gif"] if o.gif else []
+    if o.tags.strip():
+        words += ["--tags", o.tags]
+    words += ["--truncation", f"{o.truncation:g}", "--noise-mode", o.noise_mode]
+    if o.truncation_cutoff is not None:
+        words += ["--truncation-cutoff", str(o.truncation_cutoff)]
+    return words + (["--edit", o.edit] if o.edit.strip() else [])
 
 
 def _folder_name(mode: str, o: GenerateOptions, gen: TrainedGenerator, params: dict) -> str:
