@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from embed.filter import FilterReport
     from embed.stage import EmbedReport
     from train.direction_fit import DirectionsReport
+    from train.generate import GenerateReport
     from train.quality import MetricsReport
     from train.session import TrainReport
 
@@ -332,3 +333,23 @@ def directions_summary(report: DirectionsReport) -> Summary:
         unknown = ", ".join(report.not_in_tagger)
         warnings.append(f"directions: the tagger does not know the run's labels {unknown}")
     return Summary(lines, warnings)
+
+
+def generate_summary(report: GenerateReport) -> Summary:
+    if report.interrupted:
+        return Summary([f"generate stopped: nothing written to {report.out}"])
+    if report.up_to_date:
+        return Summary(
+            [
+                f"{report.out} already holds these images: nothing to do.",
+                "Other parameters make another folder; --force makes them again.",
+            ]
+        )
+    made = f"{report.images:,} images in {report.seconds:.1f} s ({report.images_per_sec:.1f} images/s)"
+    lines = [f"[bold]generate[/bold] {report.mode} from {report.snapshot.name}: {made} → {report.out}"]
+    if report.image_files:
+        first, last = report.image_files
+        lines.append(f"  {'one per seed':<14}{report.out / first}" + (f" … {last}" if last != first else ""))
+    lines += [f"  {name:<14}{path}" for name, path in report.files.items()]
+    lines.append(f"  {'parameters':<14}{report.out / 'params.json'}")
+    return Summary(lines)

@@ -70,7 +70,9 @@ def render_grid(G, inputs: GridInputs, device: torch.device, batch: int = 32) ->
     return grid.reshape(rows * size, columns * size, 3).numpy()
 
 
-def save_grid(path: Path, grid: np.ndarray, tile: int, row_names: list[list[str]]) -> Path:
+def save_grid(
+    path: Path, grid: np.ndarray, tile: int, row_names: list[list[str]], *, compress_level: int = 6
+) -> Path:
     """The grid (of `tile`-pixel images) as PNG, with each row's labels in a left margin and
     `<name>.json` naming them."""
     from PIL import Image, ImageDraw
@@ -91,7 +93,7 @@ def save_grid(path: Path, grid: np.ndarray, tile: int, row_names: list[list[str]
         image = canvas
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
+    image.save(tmp, format="PNG", compress_level=compress_level)
     tmp.replace(path)
     if row_names:
         path.with_suffix(".json").write_text(

@@ -100,15 +100,61 @@ class TrainedGenerator:
                 ws[:, :cutoff] = centers.lerp(ws[:, :cutoff], truncation)
         return ws
 
-    def images(self, ws: torch.Tensor, *, noise_mode: str = "const", batch: int = 32) -> Iterator[np.ndarray]:
-        """uint8 NHWC batches of the images of `ws`."""
+    def images(
+        self,
+        ws: torch.Tensor,
+        *,
+        noise_mode: str = "const",
+        batch: int = 32,
+        noise_seeds: list[int] | None = None,
+    ) -> Iterator[np.ndarray]:
+        """uint8 NHWC batches of the images of `ws`. With `noise_mode="random"` and `noise_seeds` (one
+        per w), each image's noise is a function of its seed, so it is the same in any batch."""
         import torch
 
+        if noise_seeds is not None and len(noise_seeds) != len(ws):
+            raise ValueError(f"{len(ws)} ws but {len(noise_seeds)} noise seeds")
         with torch.no_grad():
             for start in range(0, len(ws), batch):
                 chunk = ws[start : start + batch].to(self.device)
-                noise = self.G.synthesis.make_noise(len(chunk), noise_mode)
+                if noise_mode == "random" and noise_seeds is not None:
+                    noise = seed_noise(self.G.synthesis, noise_seeds[start : start + batch], self.device)
+                else:
+                    noise = self.G.synthesis.make_noise(len(chunk), noise_mode)
                 yield to_uint8(self.G.synthesis(chunk, noise))
+
+    def style_groups(self) -> dict[str, list[int]]:
+        """The ws indices of the coarse (4²–8²), middle (16²–32²) and fine (64² up) layers; see
+        `style_groups`."""
+        return style_groups(self.G.synthesis)
+
+
+def style_groups(synthesis: torch.nn.Module) -> dict[str, list[int]]:
+    """ws indices by the resolution of the convolutions they modulate: coarse 4²–8², middle 16²–32²,
+    fine 64² and up. A block's ToRGB shares its w with the next block's first convolution, so each index
+    goes with that convolution; the last (the top ToRGB alone) is fine, or the top group of a small net."""
+    owner: list[int] = []
+    for block in synthesis.blocks:
+        owner += [block.resolution] * block.num_conv
+    owner.append(synthesis.blocks[-1].resolution)
+    groups: dict[str, list[int]] = {"coarse": [], "middle": [], "fine": []}
+    for index, resolution in enumerate(owner):
+        groups["coarse" if resolution <= 8 else "middle" if resolution <= 32 else "fine"].append(index)
+    return groups
+
+
+def seed_noise(synthesis: torch.nn.Module, seeds: list[int], device: torch.device) -> list[torch.Tensor]:
+    """Random noise inputs [N, 1, H, W] per layer, image k's drawn from seeds[k] alone."""
+    import torch
+
+    per_seed = []
+    for seed in seeds:
+        generator = torch.Generator().manual_seed(int(seed) + 1_000_000_007)  # not the z stream of the seed
+        per_seed.append(
+            [torch.randn(1, 1, layer.resolution, layer.resolution, generator=generator)
+             for block in synthesis.blocks for layer in block.layers]
+        )  # fmt: skip
+    return [torch.cat(layers).to(device) for layers in zip(*per_seed, strict=True)]
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -11,7 +11,9 @@ from importlib import import_module
 
 from curate.cli.program import app, main
 
-FAMILIES = ("sources", "faces", "tags", "embeddings", "pipeline", "training", "quality", "steering")
+FAMILIES = (
+    "sources", "faces", "tags", "embeddings", "pipeline", "training", "generation", "quality", "steering"
+)
 
 for _family in FAMILIES:
     import_module(f"curate.cli.{_family}")
