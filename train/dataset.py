@@ -283,8 +283,3 @@ def _check_sizes(found: Found, sizes: np.ndarray) -> int:
             "of at least 4 (64, 128, 256, 512, 1024)"
         )
     return int(width)
-
-
-def read_labels(path: str | Path) -> tuple[np.ndarray, list[str]]:
-    """The labels [N, C] and their names of the set at `path`, without opening its images."""
-    return _parse_labels(find_layout(Path(path).expanduser().resolve()))

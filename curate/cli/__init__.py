@@ -12,7 +12,15 @@ from importlib import import_module
 from curate.cli.program import app, main
 
 FAMILIES = (
-    "sources", "faces", "tags", "embeddings", "pipeline", "training", "generation", "quality", "steering"
+    "sources",
+    "faces",
+    "tags",
+    "embeddings",
+    "pipeline",
+    "training",
+    "generation",
+    "quality",
+    "steering",
 )
 
 for _family in FAMILIES:

@@ -44,7 +44,8 @@ LABELS = 59
 
 def make_snapshot(folder: Path, resolution: int, quick: bool) -> tuple[Path, torch.nn.Module]:
     """A snapshot holding a randomly initialised G_ema, as training writes it."""
-    overrides = Overrides(channel_base=256, channel_max=32, z_dim=32, mapping_layers=2) if quick else Overrides()
+    tiny = Overrides(channel_base=256, channel_max=32, z_dim=32, mapping_layers=2)
+    overrides = tiny if quick else Overrides()
     network, hyper = resolve("auto", resolution, LABELS, 1, overrides)
     torch.manual_seed(0)
     G, _ = network.build()
