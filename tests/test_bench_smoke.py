@@ -74,3 +74,18 @@ def test_train_benchmark_prints_one_json_line_of_figures():
     (run,) = figures["runs"]
     assert run["resolution"] == 16 and run["images_per_s"] > 0 and run["train_gflops_per_step"] > 0
     assert 0 < run["mfu"] < 1
+
+
+def test_generate_benchmark_prints_one_json_line_of_figures():
+    figures = run_quick("generate.py")
+    assert figures["bench"] == "generate" and figures["images"] == 16
+    for key in (
+        "bare_images_per_s",
+        "curate_images_per_s",
+        "fid_generated_images_per_s",
+        "fid_reals_images_per_s",
+    ):
+        assert figures[key] > 0, key
+    assert figures["curate_share_of_bare"] == round(
+        figures["curate_images_per_s"] / figures["bare_images_per_s"], 3
+    )
