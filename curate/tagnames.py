@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import difflib
+from collections.abc import Iterable, Mapping
 
 
 def canonical_tag(name: str) -> str:
@@ -30,6 +31,16 @@ def current_tag(name: str) -> str:
     """The canonical spelling of a tag's current name (`Twin tails` → `twintails`)."""
     tag = canonical_tag(name)
     return ALIASES.get(tag, tag)
+
+
+def tag_index(vocabulary: Iterable[str]) -> dict[str, int]:
+    """Each name's position, keyed by its current canonical spelling (what `current_tag` gives)."""
+    return {current_tag(name): i for i, name in enumerate(vocabulary)}
+
+
+def nearest_tags(name: str, index: Mapping[str, int], count: int = 5) -> list[str]:
+    """The known spellings closest to `name`, for an error that says what was probably meant."""
+    return difflib.get_close_matches(current_tag(name), list(index), n=count, cutoff=0.5)
 
 
 def merge_labels(tagger: Iterable[str], booru: Iterable[str]) -> tuple[list[str], list[str]]:

@@ -49,17 +49,23 @@ def test_the_page_shows_the_funnel_sheets_duplicates_and_scores(report):
     assert all(not source.startswith(("/", "http")) for source in sources)  # works when copied elsewhere
 
 
-def test_the_page_loads_in_chromium_without_errors(report, tmp_path):
-    browser = chromium()
-    if browser is None:
-        pytest.skip("no chromium here")
+def dump_dom(browser: str, folder: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """The DOM of `folder`/index.html after its scripts ran, opened from a copy of the folder alone
+    (away from the workspace, so only relative links resolve); chromium's log is on stderr."""
     copied = tmp_path / "copied"
-    shutil.copytree(report[1].page.parent, copied)  # the folder alone, away from the workspace
+    shutil.copytree(folder, copied)
     command = [
         browser, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
         "--virtual-time-budget=5000", "--dump-dom", (copied / "index.html").as_uri(),
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def test_the_page_loads_in_chromium_without_errors(report, tmp_path):
+    browser = chromium()
+    if browser is None:
+        pytest.skip("no chromium here")
+    done = dump_dom(browser, report[1].page.parent, tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert 'data-broken-images="0"' in done.stdout, done.stdout[:500]
     console = [line for line in done.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]

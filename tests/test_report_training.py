@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -17,7 +16,7 @@ from curate.report import build_report
 from curate.report.curves import Series, line_chart, nice_ticks, thin
 from curate.report.runs import read_metrics
 from tests.conftest import REPO
-from tests.test_report import chromium
+from tests.test_report import chromium, dump_dom
 
 SVG = "{http://www.w3.org/2000/svg}"
 AUGMENT_P = [0.0, 0.05, 0.1, 0.15, 0.12]
@@ -216,13 +215,7 @@ def test_the_training_section_renders_in_chromium(report, tmp_path):
     browser = chromium()
     if browser is None:
         pytest.skip("no chromium here")
-    copied = tmp_path / "copied"
-    shutil.copytree(report[1].page.parent, copied)  # the folder alone, away from the workspace
-    command = [
-        browser, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
-        "--virtual-time-budget=5000", "--dump-dom", (copied / "index.html").as_uri(),
-    ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    done = dump_dom(browser, report[1].page.parent, tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     dom = done.stdout
     assert 'data-broken-images="0"' in dom and 'data-empty-charts="0"' in dom, dom[:500]

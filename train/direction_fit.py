@@ -9,7 +9,6 @@ each tag's share of positives are reported beside it.
 
 from __future__ import annotations
 
-import difflib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import numpy as np
 
 from curate.errors import InvalidArgument, ModelError
 from curate.progress import StageProgress
-from curate.tagnames import current_tag
+from curate.tagnames import current_tag, nearest_tags, tag_index
 
 if TYPE_CHECKING:
     import torch
@@ -176,13 +175,13 @@ def choose_tags(
 
     Names match in Booru or Illustration2Vec spelling; a name the tagger lacks is an error naming the
     nearest it has."""
-    index = {current_tag(name): i for i, name in enumerate(vocabulary)}
+    index = tag_index(vocabulary)
     if wanted:
         chosen = []
         for name in wanted:
             tag = current_tag(name)
             if tag not in index:
-                near = difflib.get_close_matches(tag, list(index), n=5, cutoff=0.5)
+                near = nearest_tags(tag, index)
                 hint = f"; nearest: {', '.join(near)}" if near else ""
                 raise InvalidArgument(
                     f"--tags {name.strip()!r}: the tagger's {len(vocabulary):,} tags do not include it{hint}"

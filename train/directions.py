@@ -7,7 +7,6 @@ the network's scale. Fitting (`curate directions`) lives beside this in train/di
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,12 +35,12 @@ class Directions:
     def index(self, name: str) -> int:
         """Where `name` is (Booru or Illustration2Vec spelling); an unknown name is an error naming the
         nearest directions there are."""
-        from curate.tagnames import current_tag
+        from curate.tagnames import current_tag, nearest_tags, tag_index
 
-        index = {current_tag(n): i for i, n in enumerate(self.names)}
+        index = tag_index(self.names)
         tag = current_tag(name)
         if tag not in index:
-            near = difflib.get_close_matches(tag, list(index), n=5, cutoff=0.5)
+            near = nearest_tags(tag, index)
             shown = ", ".join(near or self.names[:8]) + ("" if near or len(self.names) <= 8 else " …")
             which = "nearest" if near else "there are"
             raise InvalidArgument(

@@ -7,7 +7,6 @@ a conditional generator's global mean is a blend of every label set and drags fa
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from curate.errors import InvalidArgument, ModelError
-from curate.tagnames import current_tag
+from curate.tagnames import current_tag, nearest_tags, tag_index
 from train.snapshot import list_snapshots, load_snapshot, snapshot_nimg
 
 if TYPE_CHECKING:
@@ -249,12 +248,12 @@ def label_indices(names: str | Iterable[str], label_names: list[str]) -> list[in
         raise InvalidArgument(
             f"this generator is unconditional: it takes no labels (asked for {', '.join(wanted)})"
         )
-    index = {current_tag(name): i for i, name in enumerate(label_names)}
+    index = tag_index(label_names)
     found = []
     for name in wanted:
         tag = current_tag(name)
         if tag not in index:
-            near = difflib.get_close_matches(tag, list(index), n=5, cutoff=0.5)
+            near = nearest_tags(tag, index)
             hint = f"; nearest: {', '.join(near)}" if near else ""
             raise InvalidArgument(
                 f"unknown label {name.strip()!r}: the run's {len(label_names)} labels do not include it{hint}"
