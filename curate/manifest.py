@@ -210,7 +210,31 @@ FILTER = Stage(
     ),
 )
 
-STAGES: dict[str, Stage] = {stage.name: stage for stage in (CRAWL, TAG_CATEGORIES, CROP, TAG, EMBED, FILTER)}
+# What people decided about faces (`curate serve`'s review page). One part per decision, written before
+# the decision is answered; the newest row per face holds its current decision.
+REVIEW_DECISIONS = ("good", "bad", "skip")
+
+REVIEW = Stage(
+    name="review",
+    key="face_id",
+    schema=pa.schema(
+        [
+            pa.field("face_id", pa.string(), nullable=False),
+            pa.field("image_id", pa.string(), nullable=False),
+            *_outcome_fields(),  # always ok: a decision that could not be written is never answered
+            # good | bad | skip; null once undo has taken back every decision on the face
+            pa.field("decision", pa.string()),
+            pa.field("undo", pa.bool_(), nullable=False),  # this row takes back the face's previous one
+            pa.field("decision_id", pa.string(), nullable=False),  # unique: compaction may copy rows
+            pa.field("reviewer", pa.string()),  # who decided: serve, or a name a client gave
+            pa.field("reviewed_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+        ]
+    ),
+)
+
+STAGES: dict[str, Stage] = {
+    stage.name: stage for stage in (CRAWL, TAG_CATEGORIES, CROP, TAG, EMBED, FILTER, REVIEW)
+}
 
 
 def now_utc() -> datetime:

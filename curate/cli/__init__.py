@@ -21,6 +21,7 @@ FAMILIES = (
     "generation",
     "quality",
     "steering",
+    "serving",
 )
 
 for _family in FAMILIES:

@@ -1,0 +1,1 @@
+"""`curate serve`: one local web app to review the dataset and to play with the generator."""
