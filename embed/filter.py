@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import pyarrow.compute as pc
 
 from curate.errors import InvalidArgument
 from curate.manifest import CROP, FILTER, OK, SKIPPED, STATUS, TAG, PartWriter, now_utc, read_stage
+from curate.review import review_seeds
 from curate.tagnames import canonical_tag
 from curate.workspace import Workspace
 from embed.dedup import PixelCheck, duplicate_groups, keepers
@@ -45,6 +47,20 @@ class FilterOptions:
     dedup: float | None = 0.98  # cosine at which faces are near-duplicates; None: no dedup
     dedup_pixels: float | None = 0.8  # and the correlation their 16-px grey thumbnails need; None: no check
     model: str | None = None  # which embedding (default the newest)
+    review: bool = True  # faces people marked good/bad in `curate serve` are seeds too
+    # called with (step, fraction done) as the filter goes: `curate serve` shows it as a progress bar
+    on_progress: Callable[[str, float], None] | None = field(default=None, repr=False, compare=False)
+
+    def params(self) -> dict[str, Any]:
+        """The options as the manifest records them (enough to run the same filter again)."""
+        return {name: value for name, value in vars(self).items() if name != "on_progress"}
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> FilterOptions:
+        """The options a filter part's params record; the chosen threshold is chosen again."""
+        known = {f for f in cls.__dataclass_fields__ if f != "on_progress"}
+        given = {k: v for k, v in params.get("options", {}).items() if k in known}
+        return cls(**given)
 
 
 @dataclass
@@ -169,11 +185,17 @@ def choose_threshold(
 def filter_faces(workspace: str | Path, options: FilterOptions) -> FilterReport:
     """Score, mine, threshold and deduplicate every embedded face; write the filter manifest."""
     ws = Workspace.open(workspace)
+    progress = options.on_progress or (lambda step, fraction: None)
+    progress("reading embeddings", 0.0)
     ids, vectors, model = read_embeddings(ws, options.model)
     position = {face: row for row, face in enumerate(ids)}
     label = np.full(len(ids), -1, dtype=np.int8)
     good, good_extra = _seed_ids(ws, options.good, model, vectors.shape[1])
     bad, bad_extra = _seed_ids(ws, options.bad, model, vectors.shape[1])
+    reviewed_good, reviewed_bad = review_seeds(ws) if options.review else ([], [])
+    # a face reviewed after it was given as a seed: the person's newer decision stands
+    good = [f for f in good if f not in reviewed_bad] + reviewed_good
+    bad = [f for f in bad if f not in reviewed_good] + reviewed_bad
     good += query_seeds(ws, options.good_query) if options.good_query else []
     bad += query_seeds(ws, options.bad_query) if options.bad_query else []
     faces = len(ids)
@@ -183,21 +205,26 @@ def filter_faces(workspace: str | Path, options: FilterOptions) -> FilterReport:
         extra = [f"example:{n}" for n in range(len(good_extra) + len(bad_extra))]
         position.update({name: faces + n for n, name in enumerate(extra)})
         ids = ids + extra
+    unreviewed = set(reviewed_good + reviewed_bad) - set(position)
+    good = [f for f in good if f not in unreviewed]  # reviewed faces no longer embedded: not seeds
+    bad = [f for f in bad if f not in unreviewed]
     unknown = [face for face in good + bad if face not in position]
     if unknown:
         raise InvalidArgument(f"{len(unknown)} seeds are not embedded faces: {', '.join(unknown[:8])}")
     if not good and not len(good_extra):
-        raise InvalidArgument("give at least one good seed (--good or --good-query)")
+        raise InvalidArgument("give at least one good seed (--good, --good-query or a review)")
     label[[position[f] for f in bad]] = 0
     label[[position[f] for f in good]] = 1  # a face given as both counts as good
     seeds = label.copy()
+    progress("scoring", 0.1)
     scorer = Scorer(vectors, options.k)
     near_all, neighbours_all, _ = knn_all(vectors[:faces], min(faces, 10))
     good_only = not (label == 0).any()
     loo = scorer.scores(seeds, exclude_self=True)
     # with good seeds only, "sure" means at least as near the seeds as the typical seed is to the others
     sure = float(np.nanmedian(loo[seeds == 1])) if good_only and (seeds == 1).sum() > 1 else None
-    for _ in range(options.rounds):
+    for round_ in range(options.rounds):
+        progress(f"mining round {round_ + 1}", 0.2 + 0.4 * round_ / max(options.rounds, 1))
         scores = scorer.scores(label)
         open_rows = label < 0
         if not good_only:
@@ -213,6 +240,7 @@ def filter_faces(workspace: str | Path, options: FilterOptions) -> FilterReport:
         )
     scores = scorer.scores(label)
     keep = ((scores >= threshold) | (seeds == 1)) & (seeds != 0)
+    progress("deduplicating", 0.7)
     crops = _crop_facts(ws)
     groups = _dedup(ws, crops, ids[:faces], near_all, neighbours_all, options.dedup, options.dedup_pixels)
     _, nearest_seeds = scorer.nearest(seeds, 3, exclude_self=True)
@@ -227,10 +255,14 @@ def filter_faces(workspace: str | Path, options: FilterOptions) -> FilterReport:
         "dedup_pixels": options.dedup_pixels,
         "rounds": options.rounds,
         "target_precision": options.target_precision,
+        "estimated_precision": precision,
+        "options": options.params(),
     }
+    progress("writing", 0.9)
     writer = PartWriter(ws, FILTER, params)
     writer.extend(rows)
     writer.flush(complete=True)
+    progress("done", 1.0)
     return FilterReport(
         faces=faces,
         good_seeds=int((seeds == 1).sum()),

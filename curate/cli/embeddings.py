@@ -111,6 +111,9 @@ def filter_command(
             "0 = trust the embedding alone."
         ),
     ] = 0.8,
+    review: Annotated[
+        bool, typer.Option(help="Faces marked good or bad on `curate serve`'s review page are seeds too.")
+    ] = True,
 ) -> None:
     """Keep the faces near the good seeds (kNN vote, mined over rounds) and one of each near-duplicate."""
     from embed.filter import FilterOptions, filter_faces
@@ -129,5 +132,6 @@ def filter_command(
         target_precision=target_precision,
         dedup=dedup or None,
         dedup_pixels=dedup_pixels or None,
+        review=review,
     )
     opt.show(summaries.filter_summary(filter_faces(workspace, options), target_precision))
