@@ -317,3 +317,14 @@ def test_queued_requests_share_a_forward_and_other_routes_answer_meanwhile(works
         worker._images = images
         alone = client.post("/api/generate", json=replies[3].json()["request"]).json()
         assert same(pixels(client, alone), pixels(client, replies[3].json()))
+
+
+def test_a_full_queue_is_refused_with_503_and_writes_nothing(client, workspace, monkeypatch):
+    from curate.serve import worker
+
+    monkeypatch.setattr(worker, "MAX_QUEUED", 2)
+    before = playground_files(workspace)
+    reply = client.post("/api/generate", json={"seeds": [1, 2, 3]})
+    assert reply.status_code == 503 and "queued" in reply.json()["detail"]
+    assert playground_files(workspace) == before
+    assert client.post("/api/generate", json={"seeds": [1, 2]}).status_code == 200
