@@ -87,3 +87,12 @@ def test_generate_benchmark_prints_one_json_line_of_figures():
     ):
         assert figures[key] > 0, key
     assert figures["curate_share_of_bare"] > 0 and figures["target_share"] == 0.9
+
+
+def test_serve_benchmark_answers_every_request_and_prints_one_json_line():
+    figures = run_quick("serve.py")
+    assert figures["bench"] == "serve" and figures["requests"] == 24 and figures["clients"] == 6
+    assert figures["answered"] == 24 and figures["failed"] == 0 and figures["unanswered"] == 0
+    assert figures["history_entries"] == 24  # each request kept its entry in RUN/playground
+    assert 0 < figures["p50_ms"] <= figures["p95_ms"] and figures["requests_per_s"] > 0
+    assert figures["baseline_images_per_s"] > 0 and figures["share_of_baseline"] > 0
