@@ -52,7 +52,7 @@ def create_app(options: ServeOptions):
     """The app over one workspace (and optionally one run); `options.token` is taken as given."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+    from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
     from fastapi.staticfiles import StaticFiles
 
     workspace = Workspace.open(options.workspace)
@@ -108,6 +108,10 @@ def create_app(options: ServeOptions):
     async def index() -> RedirectResponse:
         return RedirectResponse("/review")
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        return Response(status_code=204)  # no icon: a 404 would be a console error on every page
+
     for page in PAGES:
         app.add_api_route(f"/{page}", _page(page, FileResponse), methods=["GET"], include_in_schema=False)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -130,4 +134,6 @@ def serve(options: ServeOptions, *, announce=print) -> None:
     host = f"[{options.host}]" if ":" in options.host else options.host
     query = f"?token={options.token}" if options.token else ""
     announce(f"curate serve: http://{host}:{options.port}/review{query}")
+    if options.run is not None:
+        announce(f"generate: http://{host}:{options.port}/generate{query}")
     uvicorn.run(app, host=options.host, port=options.port, log_level="warning")
