@@ -301,8 +301,8 @@ def _describe(run: dict[str, Any]) -> str:
 
 
 def _tagger_source(init: str | None, saved: dict[str, Any] | None) -> Any:
-    """The tagger backbone to start from (None without --init); from a checkpoint's record when resuming,
-    so a resumed run needs the tagger's architecture only, not its files."""
+    """The tagger backbone to start from (None without --init); when resuming, the checkpoint's record of
+    it (its architecture and preprocessing: the weights are the checkpoint's, the tagger is not loaded)."""
     if init is None:
         return None
     from embed.tagger_features import TaggerBackbone, tagger_backbone
