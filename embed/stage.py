@@ -93,7 +93,7 @@ def embed_faces(workspace: str | Path, options: EmbedOptions | None = None) -> E
     todo = _not_done(ws, wanted, model_name, options)
     report.already_done = len(wanted) - len(todo)
     if todo:
-        _extract(ws, todo, _network(folder, options), model_name, options, report)
+        _extract(ws, todo, _network(folder, options, model_name), model_name, options, report)
     ids, vectors, _ = read_embeddings(ws, model_name)
     report.index = write_index(ws, model_name, ids, vectors, options.index)
     report.knn = knn_label_map(ws, ids, vectors)
@@ -157,12 +157,18 @@ class Embedder:
         return self.embed(batch)
 
 
-def _network(folder: Path, options: EmbedOptions) -> Embedder:
-    """The embedding the options ask for, in eval mode, for extraction."""
+def _network(folder: Path, options: EmbedOptions, model: str) -> Embedder:
+    """The embedding the options ask for (named `model` in the manifest), in eval mode, for extraction."""
     from embed.train import eval_transform, load_network, network_transform
 
     if options.features is None:
         network, settings = load_network(folder / CHECKPOINT, options.train.device)
+        trained = f"instdisc:{settings.get('init') or settings['backbone']}"
+        if trained != model:  # untrained here (--no-train, a shard): rows must not be named for another
+            raise InvalidArgument(
+                f"{folder / CHECKPOINT} holds {trained}, not {model}: give the options it was trained "
+                "with, or train (not as a shard, without --no-train)"
+            )
         return _torch_embedder(network, network_transform(settings), settings["size"])
     if is_tagger(options.features):
         from embed.tagger_features import TaggerEmbedder, load_tagger
@@ -308,7 +314,7 @@ def embed_files(ws: Workspace, model: str, paths: list[Path], *, device: str = "
     settings = EmbedOptions(train=EmbedTrainOptions(device=device, workers=0), features=None)
     if model.startswith("timm:") or is_tagger(model):
         settings.features = model
-    embedder = _network(model_dir(ws), settings)
+    embedder = _network(model_dir(ws), settings, model)
     rows = []
     for _, pixels, errors in image_batches(paths, embedder.transform, batch_size=32, workers=0):
         if errors:

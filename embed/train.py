@@ -194,6 +194,7 @@ def train_embedding(paths: list[Path], out: Path, options: EmbedTrainOptions) ->
         network = build_network(source.architecture, options.dim, backbone_args=source.args)
         if source.weights is not None:  # a new run; a resumed one loads its own weights below
             network.backbone.load_state_dict(source.weights)
+            source.weights = None  # the tagger's copy is not needed again
         transform = tagger_training_transform(source.preprocessing, options.augment)
     network = network.to(device)
     model = network

@@ -203,6 +203,9 @@ def test_cli_trains_from_the_tagger_and_embeds(workspace, tagger, tmp_path):
         embed_files(ws, name, [crops[i] for i in ids[:2]], device="cpu"), vectors[:2], atol=1e-5
     )
 
+    # rows are never named for a network other than the one that made them
+    with pytest.raises(InvalidArgument, match=rf"holds {name}, not instdisc:resnet18"):
+        embed_faces(ws.root, EmbedOptions(train=EmbedTrainOptions(**FAST), retrain=False, force=True))
     refused = CliRunner().invoke(app, [*common, "--init", "tagger", "--backbone", "resnet18"])
     assert isinstance(refused.exception, InvalidArgument) and "drop --backbone/--size" in str(
         refused.exception
