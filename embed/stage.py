@@ -1,8 +1,10 @@
 """`curate embed`: an embedding per face crop, in the manifest and in a FAISS index in models/embed/.
 
-The embedding is instance discrimination trained here on the crops (default), or the pooled features
-of a pretrained timm model (`features="timm:<name>"`). Extraction is resumable and sharded; training
-happens once, before extraction, and is skipped by shards (train first, then run the shards).
+The embedding is instance discrimination trained here on the crops (default; from a random network,
+or from the WD tagger's backbone with `train.init="tagger[:MODEL]"`), or the pooled features of a
+pretrained model: a timm model's (`features="timm:<name>"`) or the tagger's (`features="tagger[:MODEL]"`).
+Extraction is resumable and sharded; training happens once, before extraction, and is skipped by
+shards (train first, then run the shards).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import json
 import os
 import uuid
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +30,8 @@ from curate.shard import Shard
 from curate.workspace import Workspace
 from embed.evaluate import KnnLabelReport, knn_label_map
 from embed.index import IndexInfo, build_index, tune_recall
-from embed.train import (
-    CHECKPOINT,
-    EmbedTrainOptions,
-    EmbedTrainResult,
-    eval_transform,
-    train_embedding,
-)
+from embed.tagger_features import is_tagger, tagger_spec
+from embed.train import CHECKPOINT, EmbedTrainOptions, EmbedTrainResult, train_embedding
 
 INDEX_FILE, INDEX_INFO, INDEX_IDS = "faces.faiss", "faces.json", "faces-ids.txt"
 
@@ -41,7 +39,8 @@ INDEX_FILE, INDEX_INFO, INDEX_IDS = "faces.faiss", "faces.json", "faces-ids.txt"
 @dataclass
 class EmbedOptions:
     train: EmbedTrainOptions = field(default_factory=EmbedTrainOptions)
-    features: str | None = None  # "timm:<name>": a pretrained model's features instead of training
+    # "timm:<name>" or "tagger[:<hub id or folder>]": a pretrained model's features instead of training
+    features: str | None = None
     retrain: bool = True  # train (or resume training) before extracting; False uses the model as it is
     index: str = "auto"  # flat | ivf | hnsw | auto
     shard: Shard = field(default_factory=Shard)
@@ -69,13 +68,13 @@ def model_dir(ws: Workspace) -> Path:
 
 def embed_faces(workspace: str | Path, options: EmbedOptions | None = None) -> EmbedReport:
     """Train (unless told not to), embed every face crop not yet embedded, and rebuild the index."""
-    options = options or EmbedOptions()
+    options = _checked(options or EmbedOptions())
     ws = Workspace.open(workspace)
     crops = all_crops(ws)
     folder = model_dir(ws)
     training = None
     if options.features is None:
-        model_name = f"instdisc:{options.train.backbone}"
+        model_name = f"instdisc:{options.train.init or options.train.backbone}"
         if options.retrain and options.shard.count == 1:
             # in face id order, not manifest order (which follows the crop workers' finishing order),
             # so the same crops always train the same network
@@ -94,8 +93,7 @@ def embed_faces(workspace: str | Path, options: EmbedOptions | None = None) -> E
     todo = _not_done(ws, wanted, model_name, options)
     report.already_done = len(wanted) - len(todo)
     if todo:
-        network, size = _network(folder, options)
-        _extract(ws, todo, network, size, model_name, options, report)
+        _extract(ws, todo, _network(folder, options, model_name), model_name, options, report)
     ids, vectors, _ = read_embeddings(ws, model_name)
     report.index = write_index(ws, model_name, ids, vectors, options.index)
     report.knn = knn_label_map(ws, ids, vectors)
@@ -109,10 +107,29 @@ def all_crops(ws: Workspace) -> list[FaceCrop]:
     return crops
 
 
+def _checked(options: EmbedOptions) -> EmbedOptions:
+    """The options with --init in its canonical form; InvalidArgument for --init with --features."""
+    init = options.train.init
+    if init is None:
+        return options
+    if options.features is not None:
+        raise InvalidArgument(
+            f"--init {init!r} starts instance discrimination; --features {options.features!r} uses a "
+            "pretrained model's features without training: give one or the other"
+        )
+    if not is_tagger(init):
+        raise InvalidArgument(f"--init must be tagger or tagger:<hub id or tagger folder>, got {init!r}")
+    return replace(options, train=replace(options.train, init=tagger_spec(init, "--init")))
+
+
 def _features_name(features: str) -> str:
     kind, _, name = features.partition(":")
+    if is_tagger(features):
+        return tagger_spec(features, "--features")
     if kind != "timm" or not name:
-        raise InvalidArgument(f"--features must look like timm:<model name>, got {features!r}")
+        raise InvalidArgument(
+            f"--features must look like timm:<model name> or tagger[:<hub id or folder>], got {features!r}"
+        )
     return features
 
 
@@ -127,13 +144,38 @@ def _not_done(ws: Workspace, wanted: list[FaceCrop], model: str, options: EmbedO
     return [crop for crop in wanted if crop.face_id not in done]
 
 
-def _network(folder: Path, options: EmbedOptions) -> tuple[Any, int]:
-    """(network in eval mode, input side) for extraction."""
-    from embed.train import load_network
+@dataclass
+class Embedder:
+    """Unit vectors of batches `transform` made: a network ready for extraction."""
+
+    embed: Callable[[Any], np.ndarray]  # a collated batch → N×D float32 unit vectors
+    transform: Callable[[Any], Any]  # a PIL image → one item of a batch
+    size: int  # input side
+    dim: int | None
+
+    def __call__(self, batch: Any) -> np.ndarray:
+        return self.embed(batch)
+
+
+def _network(folder: Path, options: EmbedOptions, model: str) -> Embedder:
+    """The embedding the options ask for (named `model` in the manifest), in eval mode, for extraction."""
+    from embed.train import eval_transform, load_network, network_transform
 
     if options.features is None:
         network, settings = load_network(folder / CHECKPOINT, options.train.device)
-        return network, settings["size"]
+        trained = f"instdisc:{settings.get('init') or settings['backbone']}"
+        if trained != model:  # untrained here (--no-train, a shard): rows must not be named for another
+            raise InvalidArgument(
+                f"{folder / CHECKPOINT} holds {trained}, not {model}: give the options it was trained "
+                "with, or train (not as a shard, without --no-train)"
+            )
+        return _torch_embedder(network, network_transform(settings), settings["size"])
+    if is_tagger(options.features):
+        from embed.tagger_features import TaggerEmbedder, load_tagger
+
+        tagger = load_tagger(tagger_spec(options.features, "--features"), options.train.device)
+        embedder = TaggerEmbedder(tagger)
+        return Embedder(embedder, embedder.transform, embedder.size, embedder.dim)
     import timm
     import torch
 
@@ -160,26 +202,34 @@ def _network(folder: Path, options: EmbedOptions) -> tuple[Any, int]:
 
     network = Normalised().to(pick_device(options.train.device)).eval()
     size = int(backbone.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
-    return network, size
+    return _torch_embedder(network, eval_transform(size), size)
+
+
+def _torch_embedder(network: Any, transform: Callable[[Any], Any], size: int) -> Embedder:
+    import torch
+
+    device = next(network.parameters()).device
+
+    def embed(batch: Any) -> np.ndarray:
+        with torch.inference_mode():
+            return network(torch.as_tensor(batch).to(device)).float().cpu().numpy()
+
+    return Embedder(embed, transform, size, network_dim(network))
 
 
 def _extract(
     ws: Workspace,
     todo: list[FaceCrop],
-    network: Any,
-    size: int,
+    embedder: Embedder,
     model: str,
     options: EmbedOptions,
     report: EmbedReport,
 ) -> None:
-    import torch
-
-    device = next(network.parameters()).device
-    params = {"model": model, "size": size, "shard": str(options.shard)}
+    params = {"model": model, "size": embedder.size, "shard": str(options.shard)}
     writer = PartWriter(ws, EMBED, params, rows_per_part=options.rows_per_part)
     batches = image_batches(
         [crop.path for crop in todo],
-        eval_transform(size),
+        embedder.transform,
         batch_size=options.train.batch_size,
         workers=options.train.workers,
         root=ws.root,
@@ -187,22 +237,20 @@ def _extract(
     completed = False
     with StageProgress("embed", total=len(todo), unit="faces", enabled=options.progress) as progress:
         try:
-            with torch.inference_mode():
-                for indices, pixels, errors in batches:
-                    rows = []
-                    if indices:
-                        vectors = network(pixels.to(device)).float().cpu().numpy()
-                        for index, vector in zip(indices, vectors, strict=True):
-                            rows.append({**_row(todo[index], model, OK), "embedding": vector.tolist()})
-                    for index, code, message in errors:
-                        rows.append({**_row(todo[index], model, FAILED), "error": code, "message": message})
-                    writer.extend(rows)
-                    report.outcomes.update((row[STATUS], row["error"]) for row in rows)
-                    report.faces += len(rows)
-                    progress.advance(len(rows))
+            for indices, pixels, errors in batches:
+                rows = []
+                if indices:
+                    for index, vector in zip(indices, embedder(pixels), strict=True):
+                        rows.append({**_row(todo[index], model, OK), "embedding": vector.tolist()})
+                for index, code, message in errors:
+                    rows.append({**_row(todo[index], model, FAILED), "error": code, "message": message})
+                writer.extend(rows)
+                report.outcomes.update((row[STATUS], row["error"]) for row in rows)
+                report.faces += len(rows)
+                progress.advance(len(rows))
             completed = True
         finally:
-            writer.flush(complete=completed and options.shard.count == 1, dim=network_dim(network))
+            writer.flush(complete=completed and options.shard.count == 1, dim=embedder.dim)
             report.seconds = progress.elapsed
 
 
@@ -263,16 +311,13 @@ def write_index(
 
 def embed_files(ws: Workspace, model: str, paths: list[Path], *, device: str = "auto") -> np.ndarray:
     """Unit embeddings of image files (e.g. example faces given as seeds) by the workspace's `model`."""
-    import torch
-
     settings = EmbedOptions(train=EmbedTrainOptions(device=device, workers=0), features=None)
-    if model.startswith("timm:"):
+    if model.startswith("timm:") or is_tagger(model):
         settings.features = model
-    network, size = _network(model_dir(ws), settings)
+    embedder = _network(model_dir(ws), settings, model)
     rows = []
-    with torch.inference_mode():
-        for _, pixels, errors in image_batches(paths, eval_transform(size), batch_size=32, workers=0):
-            if errors:
-                raise InvalidArgument(f"{len(errors)} example images do not decode, e.g. {errors[0][2]}")
-            rows.append(network(pixels.to(next(network.parameters()).device)).float().cpu().numpy())
+    for _, pixels, errors in image_batches(paths, embedder.transform, batch_size=32, workers=0):
+        if errors:
+            raise InvalidArgument(f"{len(errors)} example images do not decode, e.g. {errors[0][2]}")
+        rows.append(embedder(pixels))
     return np.concatenate(rows)

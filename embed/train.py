@@ -33,7 +33,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 @dataclass
 class EmbedTrainOptions:
-    backbone: str = "resnet18"  # any timm model name
+    backbone: str = "resnet18"  # any timm model name (with `init`, the tagger's architecture instead)
     dim: int = 128
     size: int = 128  # input side: crops are resized to it
     epochs: int = 20
@@ -48,6 +48,9 @@ class EmbedTrainOptions:
     seed: int = 0
     force: bool = False
     progress: bool = True
+    # "tagger[:MODEL]": start from the WD tagger's backbone (its architecture, weights, input side and
+    # preprocessing; `backbone` and `size` are then the tagger's); None: a randomly initialised `backbone`
+    init: str | None = None
 
 
 @dataclass
@@ -62,13 +65,16 @@ class EmbedTrainResult:
 AUGMENTS = ("light", "paper")
 
 
-def build_network(backbone: str, dim: int, *, pretrained: bool = False) -> Any:
+def build_network(
+    backbone: str, dim: int, *, pretrained: bool = False, backbone_args: dict[str, Any] | None = None
+) -> Any:
     """A timm backbone (no classifier), a linear projection to `dim` and BatchNorm, output L2-normalised.
 
     The BatchNorm centres the projections. Without it a fresh network's features share one large
     common component (pooled ReLU outputs are all positive), every image starts at cosine ~0.95 to
     every other, the memory bank fills with that one direction, and on small sets training never
     escapes it (the bank's mean pairwise cosine stayed at 0.95 after 30 epochs on the fixture mix).
+    `backbone_args` go to timm.create_model (a tagger's config.json gives them: image size, pooling).
     """
     import timm
     import torch
@@ -78,8 +84,11 @@ def build_network(backbone: str, dim: int, *, pretrained: bool = False) -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.dim = dim
-            self.backbone = timm.create_model(backbone, pretrained=pretrained, num_classes=0)
-            self.projection = nn.Sequential(nn.Linear(self.backbone.num_features, dim), nn.BatchNorm1d(dim))
+            self.backbone = timm.create_model(
+                backbone, pretrained=pretrained, **{**(backbone_args or {}), "num_classes": 0}
+            )
+            width = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
+            self.projection = nn.Sequential(nn.Linear(width, dim), nn.BatchNorm1d(dim))
 
         def forward(self, pixels: torch.Tensor) -> torch.Tensor:
             return nn.functional.normalize(self.projection(self.backbone(pixels)), dim=1)
@@ -100,22 +109,33 @@ def training_transform(size: int, augment: str = "light") -> Any:
     """
     from torchvision.transforms import v2
 
-    if augment not in AUGMENTS:
-        raise InvalidArgument(f"--augment {augment!r}: choose one of {', '.join(AUGMENTS)}")
-    paper = augment == "paper"
-    jitter = v2.ColorJitter(0.4, 0.4, 0.4, 0.1) if paper else v2.ColorJitter(0.2, 0.2, 0.1, 0.02)
     return v2.Compose(
         [
             flat_rgb,  # as the crops were cut: transparency on white
-            v2.RandomResizedCrop(size, scale=(0.2, 1.0) if paper else (0.5, 1.0), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.RandomApply([jitter], p=0.8),
-            *([v2.RandomGrayscale(p=0.2)] if paper else []),
+            *augmentations(size, augment),
             v2.ToImage(),
             v2.ToDtype(_float32(), scale=True),
             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
     )
+
+
+def augmentations(size: int, augment: str, interpolation: Any = None) -> list[Any]:
+    """The PIL-image augmentations of `augment`, ending at `size`×`size`."""
+    from torchvision.transforms import InterpolationMode, v2
+
+    if augment not in AUGMENTS:
+        raise InvalidArgument(f"--augment {augment!r}: choose one of {', '.join(AUGMENTS)}")
+    paper = augment == "paper"
+    jitter = v2.ColorJitter(0.4, 0.4, 0.4, 0.1) if paper else v2.ColorJitter(0.2, 0.2, 0.1, 0.02)
+    scale = (0.2, 1.0) if paper else (0.5, 1.0)
+    resize = interpolation or InterpolationMode.BILINEAR
+    return [
+        v2.RandomResizedCrop(size, scale=scale, interpolation=resize, antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.RandomApply([jitter], p=0.8),
+        *([v2.RandomGrayscale(p=0.2)] if paper else []),
+    ]
 
 
 def eval_transform(size: int) -> Any:
@@ -153,16 +173,30 @@ def train_embedding(paths: list[Path], out: Path, options: EmbedTrainOptions) ->
     world, device = distributed.join(pick_device(options.device))
     if len(paths) < 2 * world.size:
         raise InvalidArgument(f"{world.size} processes need at least {2 * world.size} face crops to share")
+    init = _init_spec(options.init)
     saved = None if options.force else read_checkpoint(out / CHECKPOINT, missing_ok=True)
-    if saved is not None and (saved["backbone"], saved["dim"], saved["images"]) != (
-        options.backbone, options.dim, len(paths),
+    if saved is not None and _run_identity(saved) != (
+        init, None if init else options.backbone, options.dim, len(paths),
     ):  # fmt: skip
         raise InvalidArgument(
-            f"{out / CHECKPOINT} is a {saved['backbone']} ({saved['dim']}-d) run over "
-            f"{saved['images']} crops; --force starts a new one"
+            f"{out / CHECKPOINT} is {_describe(saved)} run over {saved['images']} crops, not "
+            f"{_describe({'init': init, 'backbone': options.backbone, 'dim': options.dim})} over "
+            f"{len(paths)}; --force starts a new one"
         )
+    source = _tagger_source(init, saved)  # loads the tagger before seeding: its loading draws random numbers
     torch.manual_seed(options.seed)  # the same initial network in every process
-    network = build_network(options.backbone, options.dim).to(device)
+    if source is None:
+        network = build_network(options.backbone, options.dim)
+        transform = training_transform(options.size, options.augment)
+    else:
+        from embed.tagger_features import tagger_training_transform
+
+        network = build_network(source.architecture, options.dim, backbone_args=source.args)
+        if source.weights is not None:  # a new run; a resumed one loads its own weights below
+            network.backbone.load_state_dict(source.weights)
+            source.weights = None  # the tagger's copy is not needed again
+        transform = tagger_training_transform(source.preprocessing, options.augment)
+    network = network.to(device)
     model = network
     if world.size > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -184,7 +218,6 @@ def train_embedding(paths: list[Path], out: Path, options: EmbedTrainOptions) ->
     # multiple of world.size so that all take the same number of steps
     share = len(paths) // world.size
     per_epoch = math.ceil(share / options.batch_size)
-    transform = training_transform(options.size, options.augment)
     with StageProgress(
         "embed-train",
         total=per_epoch * max(0, options.epochs - epoch),
@@ -243,16 +276,57 @@ def train_embedding(paths: list[Path], out: Path, options: EmbedTrainOptions) ->
                     len(paths),
                     options,
                     world,
+                    source,
                 )
     distributed.leave(world)
     return EmbedTrainResult(out / CHECKPOINT, epoch, resumed_from, losses, full)
 
 
+def _init_spec(init: str | None) -> str | None:
+    if init is None:
+        return None
+    from embed.tagger_features import tagger_spec
+
+    return tagger_spec(init, "--init")
+
+
+def _run_identity(saved: dict[str, Any]) -> tuple:
+    """What a checkpoint must share with the options to be resumed (a tagger start fixes the backbone)."""
+    init = saved.get("init")
+    return init, None if init else saved["backbone"], saved["dim"], saved["images"]
+
+
+def _describe(run: dict[str, Any]) -> str:
+    start = f"from {run['init']}" if run.get("init") else f"a {run['backbone']}"
+    return f"{start} ({run['dim']}-d)"
+
+
+def _tagger_source(init: str | None, saved: dict[str, Any] | None) -> Any:
+    """The tagger backbone to start from (None without --init); when resuming, the checkpoint's record of
+    it (its architecture and preprocessing: the weights are the checkpoint's, the tagger is not loaded)."""
+    if init is None:
+        return None
+    from embed.tagger_features import TaggerBackbone, tagger_backbone
+
+    if saved is None:
+        return tagger_backbone(init)
+    return TaggerBackbone(init, saved["backbone"], dict(saved["backbone_args"]), dict(saved["preprocessing"]))
+
+
 def _save(
-    path: Path, network, bank, optimizer, z, epoch, losses, images, options: EmbedTrainOptions, world
+    path: Path, network, bank, optimizer, z, epoch, losses, images, options: EmbedTrainOptions, world, source
 ) -> None:
     import torch
 
+    tagger = {}
+    if source is not None:
+        tagger = {
+            "backbone": source.architecture,
+            "size": int(source.preprocessing["size"]),
+            "init": source.init,
+            "backbone_args": source.args,
+            "preprocessing": source.preprocessing,
+        }
     payload = {
         "format": FORMAT,
         "backbone": options.backbone,
@@ -268,6 +342,7 @@ def _save(
         "losses": losses,
         "seed": options.seed,
         "processes": world.size,
+        **tagger,
     }
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:6]}.tmp")
     torch.save(payload, tmp)
@@ -294,7 +369,7 @@ def read_checkpoint(path: Path, *, missing_ok: bool = False) -> dict[str, Any] |
 def load_network(path: Path, device: str = "auto") -> tuple[Any, dict[str, Any]]:
     """The trained network from a checkpoint, in eval mode, with the checkpoint's settings."""
     saved = read_checkpoint(path)
-    network = build_network(saved["backbone"], saved["dim"])
+    network = build_network(saved["backbone"], saved["dim"], backbone_args=saved.get("backbone_args"))
     try:
         network.load_state_dict(saved["model"])
     except RuntimeError as exc:  # a checkpoint from before the projection's BatchNorm, or edited
@@ -302,4 +377,16 @@ def load_network(path: Path, device: str = "auto") -> tuple[Any, dict[str, Any]]
             f"{path} does not fit this curate's embedding network ({exc}); retrain with --force"
         ) from None
     network.to(pick_device(device)).eval()
-    return network, {k: saved[k] for k in ("backbone", "dim", "size", "epoch")}
+    settings = {k: saved[k] for k in ("backbone", "dim", "size", "epoch")}
+    if saved.get("init"):  # a tagger start: its preprocessing, not eval_transform, frames the crops
+        settings |= {"init": saved["init"], "preprocessing": dict(saved["preprocessing"])}
+    return network, settings
+
+
+def network_transform(settings: dict[str, Any]) -> Any:
+    """What a loaded network's crops go through: the tagger's preprocessing or eval_transform."""
+    if "preprocessing" in settings:
+        from embed.tagger_features import preprocessing
+
+        return preprocessing(settings["preprocessing"])
+    return eval_transform(settings["size"])

@@ -16,11 +16,28 @@ def embed(
     workspace: opt.Workspace = opt.DEFAULT_WORKSPACE,
     features: Annotated[
         Optional[str],  # noqa: UP045 - typer needs Optional here on Python 3.10
-        typer.Option(help="timm:<name>: a pretrained timm model's features instead of training."),
+        typer.Option(
+            help="A pretrained model's L2-normalised pooled features instead of training: timm:<name>, "
+            "or tagger[:MODEL] for the WD tagger's (MODEL as `curate tag --model`: a hub id or a tagger "
+            "folder; bare tagger: the default tagger), preprocessed as `curate tag` does."
+        ),
     ] = None,
-    backbone: Annotated[str, typer.Option(help="Instance discrimination: any timm model name.")] = "resnet18",
+    init: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="tagger[:MODEL]: start instance discrimination from the WD tagger's backbone (its "
+            "architecture, weights, input side and preprocessing) instead of a random --backbone."
+        ),
+    ] = None,
+    backbone: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Instance discrimination: any timm model name [default: resnet18]."),
+    ] = None,
     dim: Annotated[int, typer.Option(min=2, help="Embedding dimension.")] = 128,
-    size: opt.InputSize = 128,
+    size: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(min=16, help="Input side in pixels [default: 128; with --init, the tagger's]."),
+    ] = None,
     epochs: opt.Epochs("Training epochs in all (more goes on).") = 20,
     batch_size: opt.BatchSize("Faces per step.") = 64,
     lr: Annotated[float, typer.Option(min=0, help="SGD learning rate (×0.1 at 60% and 80%).")] = 0.03,
@@ -41,16 +58,22 @@ def embed(
     force: opt.Force("Train again from scratch and embed every face.") = False,
     quiet: opt.Quiet = False,
 ) -> None:
-    """Embed every face crop (instance discrimination, or timm features) and index them with FAISS."""
+    """Embed every face crop (instance discrimination, or timm or tagger features); index them with FAISS."""
+    from curate.errors import InvalidArgument
     from curate.shard import Shard as ShardSpec
     from embed.stage import EmbedOptions, embed_faces
     from embed.train import EmbedTrainOptions
 
+    if init is not None and (backbone is not None or size is not None):
+        # the tagger's architecture and input side are the ones its weights fit
+        raise InvalidArgument(
+            "--init tagger takes the tagger's architecture and input side: drop --backbone/--size"
+        )
     options = EmbedOptions(
         train=EmbedTrainOptions(
-            backbone=backbone,
+            backbone=backbone or "resnet18",
             dim=dim,
-            size=size,
+            size=size or 128,
             epochs=epochs,
             batch_size=batch_size,
             lr=lr,
@@ -61,6 +84,7 @@ def embed(
             seed=seed,
             force=force,
             progress=not quiet,
+            init=init,
         ),
         features=features,
         retrain=train,

@@ -178,6 +178,13 @@ class Tagger:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Sigmoid probabilities, N×tags float32, for an N×3×S×S batch from `preprocess`."""
+        return self._forward(batch, pre_logits=False)
+
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        """The pooled features the head reads (timm's pre-logits), N×F float32, for a batch as `predict`'s."""
+        return self._forward(batch, pre_logits=True)
+
+    def _forward(self, batch: np.ndarray, *, pre_logits: bool) -> np.ndarray:
         torch = self._torch
         if batch.ndim != 4 or batch.shape[1:] != (3, self.input_size, self.input_size):
             raise InvalidArgument(
@@ -188,8 +195,10 @@ class Tagger:
             if self._amp:
                 pixels = pixels.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._amp):
-                logits = self.network(pixels)
-            return torch.sigmoid(logits.float()).cpu().numpy()
+                # what forward() does, split so the pooled features can be had without the head
+                out = self.network.forward_head(self.network.forward_features(pixels), pre_logits=pre_logits)
+            out = out.float()
+            return (out if pre_logits else torch.sigmoid(out)).cpu().numpy()
 
 
 @dataclass(frozen=True)
