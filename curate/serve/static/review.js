@@ -4,7 +4,7 @@
 
 const PAGE = 60;
 const KEYS = {g: "good", b: "bad", " ": "skip"};
-const state = {faces: [], offset: 0, total: 0, current: 0, undo: [], polling: null};
+const state = {faces: [], offset: 0, total: 0, current: 0, undo: [], polling: null, chain: Promise.resolve(), pending: 0};
 const $ = (id) => document.getElementById(id);
 
 function el(tag, attrs = {}, ...children) {
@@ -49,7 +49,7 @@ async function loadFaces(append = false) {
   if (!append) {
     state.faces = [];
     state.current = 0;
-    state.undo = [];  // indexes into the faces shown: a new listing starts a new stack
+    state.undo = [];  // faces shown: a new listing starts a new stack
     $("grid").replaceChildren();
   }
   for (const face of page.faces) {
@@ -125,7 +125,8 @@ function reasonText(face) {
 
 function paintDecision(node, decision) {
   for (const name of ["good", "bad", "skip"]) node.classList.toggle(`is-${name}`, decision === name);
-  node.querySelector(".decision").textContent = decision || "";
+  const label = node.querySelector(".decision");
+  if (label) label.textContent = decision || "";
 }
 
 function cards() {
@@ -142,41 +143,58 @@ function focusFace(index, scroll = true) {
   if (scroll) node.scrollIntoView({block: "nearest"});
 }
 
-async function decide(decision) {
+// Decisions and undos go to the server one after another, in the order the keys were pressed; the
+// grid moves on at once, so fast typing never decides the same face twice.
+function enqueue(work) {
+  state.pending += 1;
+  document.body.dataset.pending = String(state.pending);
+  state.chain = state.chain.then(work).then(refreshCounts).finally(() => {
+    state.pending -= 1;
+    document.body.dataset.pending = String(state.pending);
+  });
+}
+
+function decide(decision) {
   const index = state.current;
   const face = state.faces[index];
   if (!face) return;
-  try {
-    const made = await api("/api/review", {method: "POST", body: JSON.stringify({face_id: face.face_id, decision})});
-    face.decision = made.decision;
-    state.undo.push(index);
-    paintDecision(cards()[index], face.decision);
-    status(`${face.face_id}: ${decision}`);
-    if (state.current === index) focusFace(index + 1);
-    refreshCounts();
-  } catch (error) {
-    status(error.message, true);
-  }
+  focusFace(index + 1);
+  enqueue(async () => {
+    try {
+      const made = await api("/api/review", {method: "POST", body: JSON.stringify({face_id: face.face_id, decision})});
+      face.decision = made.decision;
+      state.undo.push(face);
+      paintDecision(cardOf(face), face.decision);
+      status(`${face.face_id}: ${decision}`);
+    } catch (error) {
+      status(`${face.face_id}: ${error.message}`, true);
+    }
+  });
 }
 
-async function undo() {
-  // the newest decision made on this page; with none, the current face's own newest decision
-  let index = state.undo.length ? state.undo.pop() : state.current;
-  const face = state.faces[index];
-  if (!face || !face.decision) {
-    status("Nothing to undo.");
-    return;
-  }
-  try {
-    const made = await api("/api/review/undo", {method: "POST", body: JSON.stringify({face_id: face.face_id})});
-    face.decision = made.decision;
-    paintDecision(cards()[index], face.decision);
-    status(`${face.face_id}: undone${made.decision ? `, ${made.decision} again` : ""}`);
-    focusFace(index);
-    refreshCounts();
-  } catch (error) {
-    status(error.message, true);
-  }
+function undo() {
+  enqueue(async () => {
+    // the newest decision made on this page; with none, the current face's own newest decision
+    const face = state.undo.length ? state.undo.pop() : state.faces[state.current];
+    if (!face || !face.decision) {
+      status("Nothing to undo.");
+      return;
+    }
+    try {
+      const made = await api("/api/review/undo", {method: "POST", body: JSON.stringify({face_id: face.face_id})});
+      face.decision = made.decision;
+      paintDecision(cardOf(face), face.decision);
+      status(`${face.face_id}: undone${made.decision ? `, ${made.decision} again` : ""}`);
+      const index = state.faces.indexOf(face);
+      if (index >= 0) focusFace(index);
+    } catch (error) {
+      status(error.message, true);
+    }
+  });
+}
+
+function cardOf(face) {
+  return cards()[state.faces.indexOf(face)] || document.createElement("article");
 }
 
 function toggleOriginal(index) {
