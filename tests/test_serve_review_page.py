@@ -44,6 +44,7 @@ def test_review_by_keyboard_then_run_the_filter(served):
     assert page.eval_on_selector_all(".face img", loaded)  # crops, fetched with the token in the query
     before = counts(page)
     assert before["faces"] == "40" and before["good"] == "0"
+    assert page.get_attribute("nav a[href^='/generate']", "href") == f"/generate?token={TOKEN}"
 
     for key in ("g", "g", "b", "Space", "u"):  # good, good, bad, skip, then undo the skip: typed fast
         page.keyboard.press(key)

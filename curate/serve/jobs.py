@@ -1,7 +1,7 @@
 """The filter run again in the background: one job at a time, in a thread, with its progress to poll.
 
-The filter writes its manifest through atomic parts, so a server killed mid-run leaves the previous
-filter's rows standing; the job's state lives in memory only (a restarted server shows no job).
+The filter writes its manifest through atomic parts, so a server killed mid-run leaves whole parts only
+(faces not yet written keep the previous filter's rows); the job's state lives in memory only.
 """
 
 from __future__ import annotations

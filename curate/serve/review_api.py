@@ -53,7 +53,7 @@ def open(app) -> None:  # the app's lifespan calls each route family's open and 
 def close(app) -> None:
     job = getattr(app.state, "filter_job", None)
     if job is not None:
-        job.join(timeout=10)  # its parts are atomic: a filter cut short leaves the previous one standing
+        job.join(timeout=10)  # its parts are atomic: a filter cut short leaves whole parts only
 
 
 def sweep_review_tmp(ws: Workspace) -> int:
