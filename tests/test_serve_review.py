@@ -192,6 +192,9 @@ def test_a_decision_is_on_disk_when_answered_and_undo_walks_back(client, ws):
     assert nothing.status_code == 409 and "no decision to undo" in nothing.json()["detail"]
     assert len(part_files(ws, REVIEW)) == parts
     assert "good7-0" not in review.decisions(ws)
+    assert client.app.state.faces.decisions() == review.decisions(ws)  # read part by part, the same
+    review.compact(ws)  # one part for all: the cache drops the old names and reads the new one
+    assert client.app.state.faces.decisions() == review.decisions(ws) and len(part_files(ws, REVIEW)) == 1
 
 
 def wait_for_job(client, token: str | None = None) -> dict:

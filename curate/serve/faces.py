@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from curate import review
 from curate.errors import InvalidArgument
@@ -88,6 +89,7 @@ class FaceTable:
         self._lock = threading.Lock()
         self._key: tuple | None = None
         self._table: Table | None = None
+        self._review_parts: dict[str, list[tuple[str, str | None]]] = {}  # part name → its rows
         self._review_key: tuple | None = None
         self._decisions: dict[str, str] = {}
 
@@ -99,10 +101,31 @@ class FaceTable:
             return self._table
 
     def decisions(self) -> dict[str, str]:
-        key = tuple(p.name for p in part_files(self.ws, REVIEW))
+        """As `review.decisions`, reading only the review parts that are new since the last call."""
+        for attempt in range(3):
+            try:
+                return self._read_decisions()
+            except FileNotFoundError:  # a compaction removed a part between listing and reading it
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _read_decisions(self) -> dict[str, str]:
+        parts = part_files(self.ws, REVIEW)
+        key = tuple(p.name for p in parts)
         with self._lock:
             if key != self._review_key:
-                self._decisions, self._review_key = review.decisions(self.ws), key
+                known = {p.name: self._review_parts.get(p.name) for p in parts}
+                for part in parts:
+                    if known[part.name] is None:
+                        table = pq.read_table(part, columns=["face_id", "decision"])
+                        rows = zip(table["face_id"].to_pylist(), table["decision"].to_pylist(), strict=True)
+                        known[part.name] = list(rows)
+                standing: dict[str, str | None] = {}
+                for name in key:  # parts in writing order, rows in order: the newest row per face wins
+                    standing.update(known[name])
+                self._review_parts, self._review_key = known, key
+                self._decisions = {face: d for face, d in standing.items() if d is not None}
             return self._decisions
 
     def face(self, face_id: str) -> Face:
