@@ -55,6 +55,7 @@ class Decision:
     decision: str | None  # good | bad | skip, or None: no decision stands
     undo: bool
     reviewed_at: Any
+    decision_id: str  # the row's unique id in the review manifest
 
 
 def decisions(ws: Workspace) -> dict[str, str]:
@@ -109,16 +110,16 @@ def undo(ws: Workspace, face_id: str, image_id: str, *, reviewer: str | None = N
 def _write(
     ws: Workspace, face_id: str, image_id: str, decision: str | None, *, undo: bool, reviewer: str | None
 ) -> Decision:
-    at = now_utc()
+    at, decision_id = now_utc(), uuid.uuid4().hex
     row = {
         "face_id": face_id, "image_id": image_id, STATUS: OK, "error": None, "message": None,
-        "decision": decision, "undo": undo, "decision_id": uuid.uuid4().hex, "reviewer": reviewer,
+        "decision": decision, "undo": undo, "decision_id": decision_id, "reviewer": reviewer,
         "reviewed_at": at,
     }  # fmt: skip
     write_part(ws, REVIEW, [row], {"reviewer": reviewer})
     if len(part_files(ws, REVIEW)) > COMPACT_AFTER:
         compact(ws)
-    return Decision(face_id, decision, undo, at)
+    return Decision(face_id, decision, undo, at, decision_id)
 
 
 def compact(ws: Workspace) -> None:

@@ -198,7 +198,10 @@ def undo(request: Request, body: UndoBody) -> dict[str, Any]:
 
 def _answer(made: review.Decision) -> dict[str, Any]:
     at = made.reviewed_at.isoformat()
-    return {"face_id": made.face_id, "decision": made.decision, "undo": made.undo, "at": at}
+    return {
+        "face_id": made.face_id, "decision": made.decision, "undo": made.undo, "at": at,
+        "decision_id": made.decision_id,
+    }  # fmt: skip
 
 
 @router.get("/counts")

@@ -16,3 +16,8 @@ function withToken(path) {
   if (!TOKEN) return path;
   return path + (path.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(TOKEN);
 }
+
+// The other pages need the token too: the nav links carry it.
+document.addEventListener("DOMContentLoaded", () => {
+  for (const link of document.querySelectorAll("nav a")) link.href = withToken(link.getAttribute("href"));
+});

@@ -333,8 +333,6 @@ function onKey(event) {
 }
 
 function start() {
-  // the other pages need the token too
-  for (const link of document.querySelectorAll("nav a")) link.href = withToken(link.getAttribute("href"));
   document.addEventListener("keydown", onKey);
   for (const id of ["sort", "reason", "todo"]) $(id).addEventListener("change", () => loadFaces());
   let typing = null;
