@@ -230,7 +230,7 @@ def filter_summary(report: FilterReport, target_precision: float) -> Summary:
     lines = [
         f"[bold]filter[/bold]: {report.kept:,} of {report.faces:,} faces kept; "
         f"seeds {report.good_seeds} good, {report.bad_seeds} bad; mined {report.mined_good} good, "
-        f"{report.mined_bad} bad; threshold {report.threshold:.3f}{estimate}"
+        f"{report.mined_bad} bad; threshold {report.threshold:.3f} on the {report.score} score{estimate}"
     ]
     lines += [f"  dropped {n:,}: {reason}" for reason, n in report.reasons.most_common() if reason != "kept"]
     warnings = []
