@@ -221,6 +221,9 @@ def embed_summary(report: EmbedReport) -> Summary:
     return Summary(lines)
 
 
+_even_odds = {"vote": "the majority vote", "learned": "even odds of the learned score"}
+
+
 def filter_summary(report: FilterReport, target_precision: float) -> Summary:
     estimate = (
         f", estimated precision {report.estimated_precision:.2f}"
@@ -237,8 +240,8 @@ def filter_summary(report: FilterReport, target_precision: float) -> Summary:
     if not report.target_met:
         warnings.append(
             f"[yellow]warning:[/yellow] no threshold reaches precision {target_precision:.2f} on the seeds "
-            "(leave-one-out), so the majority vote (0.5) was used. Give more seeds, seeds nearer the "
-            "boundary, or --threshold."
+            f"(held out), so the cut is 0.5 ({_even_odds[report.score]}). Give more seeds, seeds nearer "
+            "the boundary, or --threshold."
         )
     if report.collapsed:
         warnings.append(
