@@ -198,7 +198,9 @@ FILTER = Stage(
             # ok = kept; skipped with error low_score, duplicate or bad_seed
             *_outcome_fields(),
             pa.field("model", pa.string()),  # the embedding the scores come from
-            pa.field("score", pa.float32()),  # the seeds' vote (or mean similarity to good seeds)
+            # what the threshold applies to: the seeds' vote (or mean similarity to good seeds), or the
+            # learned score's probability (params: score)
+            pa.field("score", pa.float32()),
             pa.field("seed", pa.string()),  # good | bad, for the seeds given
             pa.field("mined", pa.string()),  # good | bad, for faces the mining rounds took in
             pa.field("nearest_seeds", _TAG_LIST),  # face ids of the nearest seeds, nearest first

@@ -221,6 +221,9 @@ def embed_summary(report: EmbedReport) -> Summary:
     return Summary(lines)
 
 
+_even_odds = {"vote": "the majority vote", "learned": "even odds of the learned score"}
+
+
 def filter_summary(report: FilterReport, target_precision: float) -> Summary:
     estimate = (
         f", estimated precision {report.estimated_precision:.2f}"
@@ -230,15 +233,15 @@ def filter_summary(report: FilterReport, target_precision: float) -> Summary:
     lines = [
         f"[bold]filter[/bold]: {report.kept:,} of {report.faces:,} faces kept; "
         f"seeds {report.good_seeds} good, {report.bad_seeds} bad; mined {report.mined_good} good, "
-        f"{report.mined_bad} bad; threshold {report.threshold:.3f}{estimate}"
+        f"{report.mined_bad} bad; threshold {report.threshold:.3f} on the {report.score} score{estimate}"
     ]
     lines += [f"  dropped {n:,}: {reason}" for reason, n in report.reasons.most_common() if reason != "kept"]
     warnings = []
     if not report.target_met:
         warnings.append(
             f"[yellow]warning:[/yellow] no threshold reaches precision {target_precision:.2f} on the seeds "
-            "(leave-one-out), so the majority vote (0.5) was used. Give more seeds, seeds nearer the "
-            "boundary, or --threshold."
+            f"(held out), so the cut is 0.5 ({_even_odds[report.score]}). Give more seeds, seeds nearer "
+            "the boundary, or --threshold."
         )
     if report.collapsed:
         warnings.append(

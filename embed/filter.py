@@ -5,6 +5,11 @@ embedding (good seeds vote 1, bad seeds 0), and the good set grows over a few ro
 faces the vote is confident about (with good seeds only: the faces at least as near them as the median
 seed is to the others). The threshold is given, or chosen by leave-one-out over the seeds so that the
 estimated precision meets a target.
+
+With enough good and bad seeds (`score="auto"`, or `"learned"`), a logistic regression fitted on the
+seeds (embed/learned.py) scores the faces instead, over the vote and more signals: the embedding
+itself, the detector's score, the crop's geometry and the tagger's probabilities. The threshold is
+chosen the same way, on the seeds' held-out probabilities; mining is the vote's and is skipped.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from curate.tagnames import canonical_tag
 from curate.workspace import Workspace
 from embed.dedup import PixelCheck, duplicate_groups, keepers
 from embed.index import build_index, knn_all
+from embed.learned import SCORES, FaceFacts, LearnedScore, choose_score, learn, signals
 from embed.stage import read_embeddings
 
 TEMPERATURE = 0.07  # of the vote's weights exp(similarity / τ), as instance discrimination's softmax
@@ -48,8 +54,14 @@ class FilterOptions:
     dedup_pixels: float | None = 0.8  # and the correlation their 16-px grey thumbnails need; None: no check
     model: str | None = None  # which embedding (default the newest)
     review: bool = True  # faces people marked good/bad in `curate serve` are seeds too
+    # vote | learned | auto (learned from 8 good and 8 bad seeds on): what the threshold applies to
+    score: str = "auto"
     # called with (step, fraction done) as the filter goes: `curate serve` shows it as a progress bar
     on_progress: Callable[[str, float], None] | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.score not in SCORES:
+            raise InvalidArgument(f"a filter score is one of {', '.join(SCORES)}, not {self.score!r}")
 
     def params(self) -> dict[str, Any]:
         """The options as the manifest records them (enough to run the same filter again)."""
@@ -75,6 +87,8 @@ class FilterReport:
     target_met: bool  # False: no threshold reached --target-precision on the seeds; the majority vote cut
     kept: int
     reasons: Counter[str] = field(default_factory=Counter)
+    score: str = "vote"  # the score the threshold applied to: vote | learned
+    signals: list[str] = field(default_factory=list)  # the learned score's inputs
     # the median similarity of a face to its nearest other face: near 1, the embedding tells faces
     # apart too little for the vote or for dedup to mean much (train it longer)
     nearest_similarity: float = 0.0
@@ -218,11 +232,14 @@ def filter_faces(workspace: str | Path, options: FilterOptions) -> FilterReport:
     seeds = label.copy()
     progress("scoring", 0.1)
     scorer = Scorer(vectors, options.k)
-    near_all, neighbours_all, _ = knn_all(vectors[:faces], min(faces, 10))
     good_only = not (label == 0).any()
     loo = scorer.scores(seeds, exclude_self=True)
     # with good seeds only, "sure" means at least as near the seeds as the typical seed is to the others
     sure = float(np.nanmedian(loo[seeds == 1])) if good_only and (seeds == 1).sum() > 1 else None
+    method = choose_score(options.score, int((seeds == 1).sum()), int((seeds == 0).sum()))
+    crops = _crop_facts(ws)
+    if method == "learned":
+        return _finish_learned(ws, options, ids, faces, vectors, scorer, seeds, loo, crops, model, progress)
     for round_ in range(options.rounds):
         progress(f"mining round {round_ + 1}", 0.2 + 0.4 * round_ / max(options.rounds, 1))
         scores = scorer.scores(label)
@@ -239,9 +256,64 @@ def filter_faces(workspace: str | Path, options: FilterOptions) -> FilterReport:
             loo, seeds, options.target_precision, good_only=good_only
         )
     scores = scorer.scores(label)
+    return _write(
+        ws, options, ids, faces, scorer, seeds, label, scores, (threshold, precision, met), crops, model,
+        progress, None,
+    )  # fmt: skip
+
+
+def _finish_learned(
+    ws: Workspace,
+    options: FilterOptions,
+    ids: list[str],
+    faces: int,
+    vectors: np.ndarray,
+    scorer: Scorer,
+    seeds: np.ndarray,
+    loo: np.ndarray,
+    crops: dict[str, CropFacts],
+    model: str,
+    progress: Callable[[str, float], None],
+) -> FilterReport:
+    """Fit the learned score on the seeds, choose its threshold on their held-out scores, and write."""
+    progress("learning from the seeds", 0.3)
+    # the seeds' own similarities leave them out, as their vote (`loo`) does
+    near = [
+        scorer.nearest(np.where(seeds == side, 1, -1).astype(np.int8), 3, exclude_self=True)[0]
+        for side in (1, 0)
+    ]
+    facts = {face: FaceFacts(c.score, c.width, c.height, c.image_side) for face, c in crops.items()}
+    learned = learn(*signals(ws, ids, vectors, loo, *near, facts), seeds)
+    if options.threshold is not None:
+        chosen = options.threshold, None, True
+    else:
+        chosen = choose_threshold(learned.held_out, seeds, options.target_precision, good_only=False)
+    return _write(
+        ws, options, ids, faces, scorer, seeds, seeds.copy(), learned.scores, chosen, crops, model,
+        progress, learned,
+    )  # fmt: skip
+
+
+def _write(
+    ws: Workspace,
+    options: FilterOptions,
+    ids: list[str],
+    faces: int,
+    scorer: Scorer,
+    seeds: np.ndarray,
+    label: np.ndarray,
+    scores: np.ndarray,
+    chosen: tuple[float, float | None, bool],
+    crops: dict[str, CropFacts],
+    model: str,
+    progress: Callable[[str, float], None],
+    learned: LearnedScore | None,
+) -> FilterReport:
+    """Keep by the threshold, deduplicate, write the filter manifest and report."""
+    threshold, precision, met = chosen
     keep = ((scores >= threshold) | (seeds == 1)) & (seeds != 0)
     progress("deduplicating", 0.7)
-    crops = _crop_facts(ws)
+    near_all, neighbours_all, _ = knn_all(scorer.vectors[:faces], min(faces, 10))
     groups = _dedup(ws, crops, ids[:faces], near_all, neighbours_all, options.dedup, options.dedup_pixels)
     _, nearest_seeds = scorer.nearest(seeds, 3, exclude_self=True)
     rows, reasons = _rows(
@@ -251,6 +323,9 @@ def filter_faces(workspace: str | Path, options: FilterOptions) -> FilterReport:
         "model": model,
         "k": options.k,
         "threshold": threshold,
+        "score": "learned" if learned else "vote",
+        "signals": learned.signals if learned else [],
+        "l2": learned.l2 if learned else None,
         "dedup": options.dedup,
         "dedup_pixels": options.dedup_pixels,
         "rounds": options.rounds,
@@ -275,6 +350,8 @@ def filter_faces(workspace: str | Path, options: FilterOptions) -> FilterReport:
         kept=reasons["kept"],
         reasons=reasons,
         nearest_similarity=_nearest_similarity(near_all, neighbours_all),
+        score="learned" if learned else "vote",
+        signals=learned.signals if learned else [],
     )
 
 
@@ -317,17 +394,24 @@ class CropFacts:
     side: float  # the face box's shorter side in original pixels: the size of its source
     score: float  # the detector's
     path: str | None  # the crop, relative to the workspace
+    width: float = math.nan  # the face box's, in original pixels
+    height: float = math.nan
+    image_side: float = math.nan  # the image's shorter side
 
 
 def _crop_facts(ws: Workspace) -> dict[str, CropFacts]:
     names = ("face_id", "image_id", "face_x0", "face_x1", "face_y0", "face_y1", "score", "path")
-    crops = read_stage(ws, CROP, columns=list(names[1:]))
-    return {
-        face: CropFacts(image, min(x1 - x0, y1 - y0) if x0 is not None else 0.0, score or 0.0, path)
-        for face, image, x0, x1, y0, y1, score, path in zip(
-            *(crops[c].to_pylist() for c in names), strict=True
-        )
-    }
+    crops = read_stage(ws, CROP, columns=[*names[1:], "image_width", "image_height"])
+    facts = {}
+    for face, image, x0, x1, y0, y1, score, path, width, height in zip(
+        *(crops[c].to_pylist() for c in (*names, "image_width", "image_height")), strict=True
+    ):
+        box = (x1 - x0, y1 - y0) if x0 is not None else (math.nan, math.nan)
+        facts[face] = CropFacts(
+            image, min(box) if x0 is not None else 0.0, score or 0.0, path, *box,
+            min(width, height) if width and height else math.nan,
+        )  # fmt: skip
+    return facts
 
 
 def _dedup(

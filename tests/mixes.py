@@ -4,6 +4,13 @@ Good: the cascade's face crops of the illustrations. Bad: square crops of the no
 scenery, photos, text pages) and random patches of the illustrations that touch no detected face, the
 detector's typical false positive. Optionally, re-encoded and downsized copies of some illustrations are
 added as posts of their own, so that their faces are near-duplicates of the originals' faces.
+
+The bad crops' detector facts are made as honest as their pixels: each takes the detector score and the
+box shape (its side relative to the image's shorter side, its aspect) of a real face drawn at random
+(seeded), placed at a random spot of its own image. So neither the score nor the geometry tells a bad
+crop from a face, and a learned filter score can only learn from what a detector's false positive would
+really show. The recorded box is thus not the region the bad crop's pixels come from (those are as
+described above); nothing reads it as such.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ def fixture_mix(fixtures: Path, root: Path, *, copies: int = 0, patches: int = 4
     rng = random.Random(seed)
     copied, resized = _add_copies(fixtures, ws, root / "copies", sources, crops, copies, rng)
     rows = _noise_crops(ws, fixtures) + _non_face_patches(ws, sources, crops, patches, rng)
+    _detector_facts_of_faces(rows, crops, random.Random(f"{seed}-detector"))
     origin |= {copy: origin[original] for copy, original in copied.items()}
     origin |= {row["face_id"]: row.pop("_source") for row in rows}
     write_part(ws, CROP, rows)
@@ -114,14 +122,26 @@ def _add_copies(
     return copied, resized
 
 
-def _bad_row(ws: Workspace, image_id: str, out: Path, box: tuple[int, int, int, int], source: Path) -> dict:
+def _bad_row(ws: Workspace, image_id: str, out: Path, box: tuple[int, ...], source: Path, size) -> dict:
     x0, y0, x1, y1 = box
     return {
         "_source": source.name,
         "face_id": f"{image_id}-0", "image_id": image_id, "status": OK, "path": ws.relative(out),
         "face_x0": float(x0), "face_y0": float(y0), "face_x1": float(x1), "face_y1": float(y1),
-        "score": 0.0, "cropped_at": now_utc(),
+        "score": 0.0, "image_width": size[0], "image_height": size[1], "cropped_at": now_utc(),
     }  # fmt: skip
+
+
+def _detector_facts_of_faces(rows: list[dict], crops: list[dict], rng) -> None:
+    """Give each bad row the detector score and box shape of a random real face, scaled to its image."""
+    for row in rows:
+        face = rng.choice(crops)
+        width, height = row["image_width"], row["image_height"]
+        scale = min(width, height) / min(face["image_width"], face["image_height"])
+        w = min((face["face_x1"] - face["face_x0"]) * scale, width)
+        h = min((face["face_y1"] - face["face_y0"]) * scale, height)
+        x0, y0 = rng.uniform(0, width - w), rng.uniform(0, height - h)
+        row |= {"face_x0": x0, "face_y0": y0, "face_x1": x0 + w, "face_y1": y0 + h, "score": face["score"]}
 
 
 def _noise_crops(ws: Workspace, fixtures: Path) -> list[dict]:
@@ -141,7 +161,7 @@ def _noise_crops(ws: Workspace, fixtures: Path) -> list[dict]:
         out = ws.crops / "zz" / f"noise{index}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
         image.crop(box).resize((PATCH_SIDE, PATCH_SIDE)).save(out)
-        rows.append(_bad_row(ws, f"noise{index}", out, box, path))
+        rows.append(_bad_row(ws, f"noise{index}", out, box, path, image.size))
     return rows
 
 
@@ -171,6 +191,7 @@ def _non_face_patches(ws: Workspace, sources: list[Path], crops: list[dict], cou
                 out = ws.crops / "zz" / f"patch{len(rows)}.png"
                 out.parent.mkdir(parents=True, exist_ok=True)
                 image.crop((x0, y0, x0 + side, y0 + side)).resize((PATCH_SIDE, PATCH_SIDE)).save(out)
-                rows.append(_bad_row(ws, f"patch{len(rows)}", out, (x0, y0, x0 + side, y0 + side), path))
+                row = _bad_row(ws, f"patch{len(rows)}", out, (x0, y0, x0 + side, y0 + side), path, image.size)
+                rows.append(row)
                 break
     return rows

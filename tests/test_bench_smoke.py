@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from unittest.mock import ANY
 
 from tests.conftest import REPO
 
@@ -96,3 +97,21 @@ def test_serve_benchmark_answers_every_request_and_prints_one_json_line():
     assert figures["history_entries"] == 24  # each request kept its entry in RUN/playground
     assert 0 < figures["p50_ms"] <= figures["p95_ms"] and figures["requests_per_s"] > 0
     assert figures["baseline_images_per_s"] > 0 and figures["share_of_baseline"] > 0
+
+
+def test_review_benchmark_prints_one_json_line_of_figures():
+    figures = run_quick("review.py")
+    assert figures["bench"] == "review" and figures["faces"] > 50 and figures["bad"] > 50
+    assert set(figures["arms"]) == {"vote/queue", "vote/random", "learned/queue", "learned/random"}
+    for name, rounds in figures["arms"].items():
+        assert [r["answers"] for r in rounds] == [20, 40, 60], name  # seeds, then two rounds of 20
+        assert all(r["method"] == name.split("/")[0] for r in rounds), name
+        for r in rounds:
+            assert 0 < r["precision"] <= 1 and 0 < r["recall"] <= 1 and r["kept"] > 0, (name, r)
+            assert r["best_precision_at_recall"] is None or 0 < r["best_precision_at_recall"] <= 1
+    for score in ("vote", "learned"):  # the same seeds, the same first filter, whichever way it goes on
+        assert figures["arms"][f"{score}/queue"][0] == {
+            **figures["arms"][f"{score}/random"][0],
+            "filter_s": ANY,
+        }
+    assert set(figures["target_reached"]) == set(figures["arms"])

@@ -97,3 +97,25 @@ def test_no_distinct_drawings_are_taken_for_copies(mix, filtered):
     black = ("noise12-0", "noise13-0")
     assert "black" in mix.sources[black[0]] and "black" in mix.sources[black[1]]
     assert filtered[black[0]]["dup_group"] == filtered[black[1]]["dup_group"] is not None
+
+
+def test_the_bad_crops_detector_facts_are_drawn_from_the_faces(mix):
+    """A learned score may read the detector's score and the box's geometry: on the mix they must not
+    give the bad crops away (tests/mixes.py draws them from the real faces)."""
+    from curate.manifest import CROP
+
+    crops = {r["face_id"]: r for r in read_stage(mix.ws, CROP).to_pylist() if r["status"] == "ok"}
+    faces, bad = [crops[f] for f in mix.faces], [crops[f] for f in mix.bad]
+    assert {r["score"] for r in bad} <= {r["score"] for r in faces} and len({r["score"] for r in bad}) > 20
+
+    def relative_side(r: dict) -> float:
+        side = min(r["face_x1"] - r["face_x0"], r["face_y1"] - r["face_y0"])
+        return side / min(r["image_width"], r["image_height"])
+
+    for fact in (lambda r: r["score"], relative_side):
+        values = np.array([fact(r) for r in faces + bad])
+        auc = roc_auc(values, np.array([True] * len(faces) + [False] * len(bad)))
+        assert 0.35 < auc < 0.65, auc  # near chance, where the detector score alone once gave 1.0
+    for r in bad:
+        assert 0 <= r["face_x0"] < r["face_x1"] <= r["image_width"] + 1e-3
+        assert 0 <= r["face_y0"] < r["face_y1"] <= r["image_height"] + 1e-3

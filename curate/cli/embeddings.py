@@ -138,6 +138,14 @@ def filter_command(
     review: Annotated[
         bool, typer.Option(help="Faces marked good or bad on `curate serve`'s review page are seeds too.")
     ] = True,
+    score: Annotated[
+        str,
+        typer.Option(
+            help="What the threshold applies to: vote (the seeds' kNN vote), learned (a logistic regression "
+            "fitted on the seeds over the vote, the embedding, the detector's score, the box's geometry and "
+            "the tagger's probabilities) or auto (learned from 8 good and 8 bad seeds on)."
+        ),
+    ] = "auto",
 ) -> None:
     """Keep the faces near the good seeds (kNN vote, mined over rounds) and one of each near-duplicate."""
     from embed.filter import FilterOptions, filter_faces
@@ -157,5 +165,6 @@ def filter_command(
         dedup=dedup or None,
         dedup_pixels=dedup_pixels or None,
         review=review,
+        score=score,
     )
     opt.show(summaries.filter_summary(filter_faces(workspace, options), target_precision))

@@ -1,0 +1,223 @@
+"""The filter's learned score: a logistic regression fitted on the seeds over more signals than the vote.
+
+Signals per face: the kNN vote of the seeds, the mean similarity to the nearest good and to the nearest
+bad seeds, the embedding itself (its leading principal components: a linear probe), the detector's
+score, the face box's side relative to its image and its aspect, and the tagger's probabilities of a
+few tags that tell faces from the rest, where the tag manifest has them. The seeds' own vote and
+similarities leave the seed out, so a seed is scored as a face nobody labelled would be. The threshold
+is chosen on the seeds' leave-one-out (or k-fold) probabilities, as the vote's is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.compute as pc
+
+from curate.errors import InvalidArgument
+from curate.manifest import OK, STATUS, TAG, read_stage
+from curate.workspace import Workspace
+
+SCORES = ("auto", "vote", "learned")
+AUTO_SEEDS = 8  # good and bad seeds each that `auto` needs before it learns; fewer: the vote
+LEAST_SEEDS = 2  # each, that a learned score needs at all (leave-one-out keeps one of each to fit)
+COMPONENTS = 16  # principal components of the embedding the probe sees: few labels fit few weights
+# penalties tried, chosen by held-out log loss on the seeds; the largest leaves little but the vote
+L2_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+VOTE_L2 = 0.03  # the vote's own weight is barely held back: the other signals correct it
+FOLDS = 10  # k-fold instead of leave-one-out above LOO_LIMIT seeds (a tag query makes thousands)
+LOO_LIMIT = 200
+PCA_SAMPLE = 20_000  # faces the principal axes are found from
+# tags that tell a face crop from a false positive (Danbooru names, as the WD taggers emit them)
+FACE_TAGS = (
+    "no_humans", "face", "portrait", "close-up", "solo", "1girl", "1boy", "looking_at_viewer",
+    "animal_focus", "scenery", "text_focus", "realistic", "photo_(medium)", "monochrome",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FaceFacts:
+    """The crop manifest's facts about a face, as the learned score reads them (NaN: unknown)."""
+
+    score: float
+    width: float  # face box, original pixels
+    height: float
+    image_side: float  # the image's shorter side
+
+
+@dataclass
+class LearnedScore:
+    scores: np.ndarray  # per row: the fitted probability that the face is good
+    held_out: np.ndarray  # per row: a seed's probability from a fit without it (NaN for other rows)
+    signals: list[str]
+    l2: float
+
+
+def choose_score(score: str, good: int, bad: int) -> str:
+    """The score to use, vote or learned, as `score` asks with this many good and bad seeds."""
+    if score not in SCORES:
+        raise InvalidArgument(f"a filter score is one of {', '.join(SCORES)}, not {score!r}")
+    if score == "learned" and min(good, bad) < LEAST_SEEDS:
+        raise InvalidArgument(
+            f"the learned score needs at least {LEAST_SEEDS} good and {LEAST_SEEDS} bad seeds "
+            f"(there are {good} good, {bad} bad): review more faces or use --score vote"
+        )
+    if score == "auto":
+        return "learned" if min(good, bad) >= AUTO_SEEDS else "vote"
+    return score
+
+
+def signals(
+    ws: Workspace,
+    ids: list[str],
+    vectors: np.ndarray,
+    vote: np.ndarray,
+    near_good: np.ndarray,
+    near_bad: np.ndarray,
+    facts: dict[str, FaceFacts],
+) -> tuple[np.ndarray, list[str]]:
+    """(rows × signals, their names), raw; unknown values are NaN. `near_good` and `near_bad` hold the
+    similarities of each row's nearest good and bad seeds (−inf pads); their means are signals."""
+    columns = [vote, _mean_finite(near_good), _mean_finite(near_bad)]
+    names = ["vote", "near_good", "near_bad"]
+    components = _components(vectors, COMPONENTS)
+    columns += list(components.T)
+    names += [f"pc{n}" for n in range(components.shape[1])]
+    unknown = FaceFacts(math.nan, math.nan, math.nan, math.nan)
+    known = [facts.get(face, unknown) for face in ids]
+    geometry = np.array([(f.score, f.width, f.height, f.image_side) for f in known], dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        side = np.minimum(geometry[:, 1], geometry[:, 2])
+        columns += [
+            geometry[:, 0],
+            np.log(side / geometry[:, 3]),  # a face fills more of a portrait than of a crowd scene
+            np.log(geometry[:, 1] / geometry[:, 2]),
+        ]
+    names += ["detector_score", "log_relative_side", "log_aspect"]
+    tags = tag_probabilities(ws, ids)
+    for tag, values in tags.items():
+        columns.append(values)
+        names.append(f"tag:{tag}")
+    return np.column_stack(columns).astype(np.float64), names
+
+
+def tag_probabilities(ws: Workspace, ids: list[str]) -> dict[str, np.ndarray]:
+    """FACE_TAGS the tagger scored for some face: each face's probability (0 below the tagger's floor,
+    NaN for a face not tagged). Tags no face was scored on are left out."""
+    table = read_stage(ws, TAG, columns=[STATUS, "scored_tags", "scores"])
+    table = table.filter(pc.equal(table[STATUS], OK))
+    row_of = {face: row for row, face in enumerate(ids)}
+    found = {tag: np.full(len(ids), np.nan) for tag in FACE_TAGS}
+    tagged = np.zeros(len(ids), bool)
+    columns = (table[c].to_pylist() for c in ("face_id", "scored_tags", "scores"))
+    for face, tags, scores in zip(*columns, strict=True):
+        row = row_of.get(face)
+        if row is None or tags is None or scores is None:
+            continue
+        tagged[row] = True
+        for tag, score in zip(tags, scores, strict=False):
+            if tag in found:
+                found[tag][row] = score
+    for values in found.values():
+        values[tagged & np.isnan(values)] = 0.0  # scored below the floor: as good as absent
+    return {tag: values for tag, values in found.items() if np.nansum(values) > 0}
+
+
+def _mean_finite(similarities: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(similarities)
+    with np.errstate(invalid="ignore"):
+        return np.where(finite, similarities, 0).sum(axis=1) / finite.sum(axis=1)
+
+
+def learn(features: np.ndarray, names: list[str], seeds: np.ndarray) -> LearnedScore:
+    """Fit on the seeds (label 1 good, 0 bad, −1 none); score every row; hold each seed out once."""
+    x = _standardise(features)
+    rows = np.flatnonzero(seeds >= 0)
+    y = (seeds[rows] == 1).astype(np.float64)
+    folds = _folds(len(rows))
+    l2 = min(L2_GRID, key=lambda l2: _held_out_loss(x[rows], y, folds, l2))
+    held = np.full(len(seeds), np.nan)
+    held[rows] = _held_out(x[rows], y, folds, l2)
+    beta, bias = fit_logistic(x[rows], y, l2)
+    return LearnedScore(_sigmoid(x @ beta + bias), held, names, l2)
+
+
+def _components(vectors: np.ndarray, count: int) -> np.ndarray:
+    """The embedding's leading principal components, from a sample of the faces (standardised later like
+    every signal: the direction that tells faces apart need not be the one that varies most)."""
+    sample = vectors
+    if len(vectors) > PCA_SAMPLE:
+        sample = vectors[np.random.default_rng(0).choice(len(vectors), PCA_SAMPLE, replace=False)]
+    mean = sample.mean(axis=0)
+    _, _, axes = np.linalg.svd(sample - mean, full_matrices=False)
+    return (vectors - mean) @ axes[:count].T
+
+
+def _standardise(features: np.ndarray) -> np.ndarray:
+    """Zero mean and unit spread per signal over all faces; unknown values at the mean (0); a constant
+    signal (every face alike, or none known) is 0 throughout."""
+    with np.errstate(invalid="ignore"):
+        mean = np.nanmean(np.where(np.isfinite(features), features, np.nan), axis=0)
+        std = np.nanstd(np.where(np.isfinite(features), features, np.nan), axis=0)
+    mean, std = np.nan_to_num(mean), np.nan_to_num(std)
+    x = (features - mean) / np.where(std > 1e-12, std, 1.0)
+    return np.where(np.isfinite(x) & (std > 1e-12), x, 0.0)
+
+
+def _folds(n: int) -> np.ndarray:
+    """Each seed's fold: its own up to LOO_LIMIT seeds, else one of FOLDS, dealt in turn."""
+    return np.arange(n) if n <= LOO_LIMIT else np.arange(n) % FOLDS
+
+
+def _held_out(x: np.ndarray, y: np.ndarray, folds: np.ndarray, l2: float) -> np.ndarray:
+    out = np.empty(len(y))
+    for fold in np.unique(folds):
+        test = folds == fold
+        beta, bias = fit_logistic(x[~test], y[~test], l2)
+        out[test] = _sigmoid(x[test] @ beta + bias)
+    return out
+
+
+def _held_out_loss(x: np.ndarray, y: np.ndarray, folds: np.ndarray, l2: float) -> float:
+    p = np.clip(_held_out(x, y, folds, l2), 1e-9, 1 - 1e-9)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, steps: int = 50) -> tuple[np.ndarray, float]:
+    """β, b minimising the class-balanced mean log loss + l2/2 ‖β‖² (Newton's method, step halving).
+
+    Balanced: good and bad seeds weigh the same in all, whatever their counts (reviews are uneven).
+    The first column (the vote) is penalised by at most VOTE_L2: with a large l2 the fit is the vote.
+    """
+    n, d = x.shape
+    weight = np.where(y == 1, 0.5 / max(y.sum(), 1), 0.5 / max(n - y.sum(), 1))
+    design = np.hstack([x, np.ones((n, 1))])
+    penalty = np.concatenate([[min(l2, VOTE_L2)], np.full(d - 1, l2), [0.0]])  # the bias: not penalised
+    w = np.zeros(d + 1)
+
+    def loss(w: np.ndarray) -> float:
+        z = design @ w
+        return float(weight @ (np.logaddexp(0, z) - y * z) + 0.5 * (penalty * w * w).sum())
+
+    current = loss(w)
+    for _ in range(steps):
+        p = _sigmoid(design @ w)
+        gradient = design.T @ (weight * (p - y)) + penalty * w
+        hessian = (design.T * (weight * p * (1 - p))) @ design + np.diag(penalty + 1e-10)
+        step = np.linalg.solve(hessian, gradient)
+        for _ in range(30):  # halve until the loss falls: Newton can overshoot far from the optimum
+            if (new := loss(w - step)) <= current:
+                break
+            step /= 2
+        else:
+            break  # no step lowers the loss: at the optimum, to rounding
+        w, change, current = w - step, current - new, new
+        if change < 1e-12:
+            break
+    return w[:d], float(w[d])
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return np.exp(-np.logaddexp(0, -z))

@@ -1,0 +1,178 @@
+"""Benchmark the review loop on the fixture mix: what people's answers on the review page are worth.
+
+The mix (tests/mixes.py) is embedded once (instance discrimination trained here, or `--features`). An
+oracle answers from the mix's truth through `curate.review.decide`, which writes the review manifest
+as the page does: first 10 good and 10 bad seeds (round 0), then rounds of 20 answers, each followed
+by `curate filter` with the reviewed faces as seeds. Four arms answer in the same workspace copy each:
+the vote or the learned score (`--score`), and the next 20 faces taken from `review_queue` (the faces
+the page shows first: nearest the threshold) or at random among the undecided ones.
+
+After each round it measures the kept set over every face: a face a person answered counts as the
+person decided it (good kept, bad dropped), as the export would take it; a duplicate that dedup
+dropped counts as chosen (as in tests/bench/filter.py). `open_*` are the same figures over the faces
+nobody answered. The target: precision ≥ 0.95 at recall ≥ 0.90 within 60 answers.
+
+Run from the repo root: ``python tests/bench/review.py [--quick] [--rounds N] [--features timm:NAME]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != HERE]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from curate.manifest import FILTER, read_stage  # noqa: E402
+from curate.metrics import roc_auc  # noqa: E402
+from curate.review import decide, decisions, review_queue  # noqa: E402
+from curate.workspace import Workspace  # noqa: E402
+from embed.filter import FilterOptions, filter_faces  # noqa: E402
+from embed.stage import EmbedOptions, embed_faces  # noqa: E402
+from embed.train import EmbedTrainOptions  # noqa: E402
+from tests.fakebooru import fixture_dir  # noqa: E402
+from tests.mixes import Mix, fixture_mix  # noqa: E402
+
+SEEDS = 10  # good and bad each, before any round
+BATCH = 20  # answers per round: the faces the page shows first
+TARGET = {"precision": 0.95, "recall": 0.90, "answers": 60}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a tiny network, 5 epochs, 2 rounds (smoke)")
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of 20 answers after the seeds")
+    parser.add_argument("--features", default=None, help="EmbedOptions.features, e.g. timm:<name>")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    backbone, epochs, size = ("test_resnet", 5, 48) if args.quick else (args.backbone, args.epochs, 64)
+    rounds = min(args.rounds, 2) if args.quick else args.rounds
+    with tempfile.TemporaryDirectory(prefix="curate-bench-review-") as tmp:
+        mix = fixture_mix(fixture_dir(), Path(tmp), copies=10, patches=40)
+        start = time.perf_counter()
+        training = EmbedTrainOptions(
+            backbone=backbone, dim=32, size=size, epochs=epochs, lr=0.1, batch_size=32, device="cpu",
+            seed=args.seed, progress=False,
+        )  # fmt: skip
+        embedded = embed_faces(
+            mix.ws.root, EmbedOptions(train=training, features=args.features, progress=False)
+        )
+        embed_s = time.perf_counter() - start
+        arms = {}
+        for score in ("vote", "learned"):
+            for pick in ("queue", "random"):
+                copy = Path(tmp) / f"{score}-{pick}"
+                shutil.copytree(mix.ws.root, copy, symlinks=True)
+                arms[f"{score}/{pick}"] = run_arm(mix, Workspace.open(copy), score, pick, rounds, args.seed)
+    figures = {
+        "bench": "review",
+        "faces": len(set(mix.faces) | set(mix.copies)),
+        "bad": len(mix.bad),
+        "embedding": embedded.model if args.features else f"instdisc:{backbone}@{size}, {epochs} epochs",
+        "embed_seconds": round(embed_s, 1),
+        "target": TARGET,
+        "arms": arms,
+        "target_reached": {name: reached(arm) for name, arm in arms.items()},
+    }
+    print(json.dumps(figures))
+
+
+def run_arm(mix: Mix, ws: Workspace, score: str, pick: str, rounds: int, seed: int) -> list[dict]:
+    """Seeds, then `rounds` of 20 answers picked by `pick`; the figures after each filter run."""
+    good = set(mix.faces) | set(mix.copies)
+    noise = [f for f in mix.bad if f.startswith("noise")]
+    patches = [f for f in mix.bad if f.startswith("patch")]
+    # the seeds of tests/bench/filter.py: round 0 is that benchmark's setting
+    first = sorted(mix.faces)[:SEEDS] + noise[: SEEDS // 2] + patches[: SEEDS // 2]
+    rng = random.Random(seed)
+    # the filter aims at the target precision: its threshold is chosen for it on the seeds
+    options = FilterOptions(score=score, target_precision=TARGET["precision"])
+    figures, batch = [], first
+    for round_ in range(rounds + 1):
+        image = {r["face_id"]: r["image_id"] for r in read_stage(ws, FILTER, ["image_id"]).to_pylist()}
+        for face in batch:  # the oracle: the mix's truth, answered as the page does
+            decide(ws, face, image.get(face, face.rsplit("-", 1)[0]), "good" if face in good else "bad")
+        start = time.perf_counter()
+        report = filter_faces(ws.root, options)
+        seconds = time.perf_counter() - start
+        figures.append(
+            {"round": round_, **measure(ws, good), "method": report.score, "filter_s": round(seconds, 2)}
+        )
+        if pick == "queue":
+            batch = review_queue(ws, BATCH)
+        else:
+            decided = set(decisions(ws))
+            undecided = sorted(r["face_id"] for r in read_stage(ws, FILTER, ["seed"]).to_pylist())
+            undecided = [f for f in undecided if f not in decided]
+            batch = rng.sample(undecided, min(BATCH, len(undecided)))
+    return figures
+
+
+def measure(ws: Workspace, good: set[str]) -> dict:
+    """Precision and recall of the kept set over all faces, and over the faces nobody answered."""
+    rows = read_stage(ws, FILTER, ["seed", "keep", "error", "score"]).to_pylist()
+    params = _params(ws)
+    # a duplicate passed the score (or was a good seed) before dedup dropped it: it counts as chosen
+    chosen = {r["face_id"] for r in rows if r["keep"] or r["error"] == "duplicate"}
+    answered = {r["face_id"] for r in rows if r["seed"] is not None}
+    everyone = {r["face_id"] for r in rows}
+    out = {"answers": len(answered), "kept": len(chosen)}
+    for prefix, pool in (("", everyone), ("open_", everyone - answered)):
+        picked = chosen & pool
+        true = len(picked & good)
+        out[f"{prefix}precision"] = round(true / len(picked), 3) if picked else None
+        out[f"{prefix}recall"] = round(true / len(pool & good), 3) if pool & good else None
+    # threshold-free: how well the score ranks the open faces, and the best cut the score allows
+    open_rows = [r for r in rows if r["seed"] is None and r["score"] is not None]
+    scores = np.array([r["score"] for r in open_rows])
+    truth = np.array([r["face_id"] in good for r in open_rows])
+    out["open_auc"] = round(roc_auc(scores, truth), 3) if len(set(truth)) == 2 else None
+    out["best_precision_at_recall"] = best_precision(rows, good, TARGET["recall"])
+    out["threshold"] = round(params["threshold"], 4)
+    out["estimated_precision"] = params["estimated_precision"]
+    return out
+
+
+def best_precision(rows: list[dict], good: set[str], recall: float) -> float | None:
+    """The kept set's precision at the best cut of the score that reaches `recall` (answered faces as
+    decided): what a perfect threshold would give, so the score's worth shows apart from the threshold's."""
+    seeded = [r for r in rows if r["seed"] == "good"]
+    ranked = sorted(
+        (r for r in rows if r["seed"] is None and r["score"] is not None), key=lambda r: -r["score"]
+    )
+    true = np.cumsum([r["face_id"] in good for r in ranked]) + sum(r["face_id"] in good for r in seeded)
+    kept = np.arange(1, len(ranked) + 1) + len(seeded)
+    enough = true >= recall * len(good & {r["face_id"] for r in rows})
+    return round(float((true / kept)[enough].max()), 3) if enough.any() else None
+
+
+def _params(ws: Workspace) -> dict:
+    from curate.manifest import part_files, part_metadata
+
+    return part_metadata(part_files(ws, FILTER)[-1])["params"]
+
+
+def reached(arm: list[dict]) -> int | None:
+    """The fewest answers after which the kept set met the target (None: not within the rounds run)."""
+    for step in arm:
+        if (step["precision"] or 0) >= TARGET["precision"] and (step["recall"] or 0) >= TARGET["recall"]:
+            return step["answers"]
+    return None
+
+
+if __name__ == "__main__":
+    main()
