@@ -107,7 +107,7 @@ def test_help_lists_every_family_of_commands_in_pipeline_order():
     group = typer.main.get_command(app)
     assert group.list_commands(None) == [
         "crawl", "ingest", "crop", "detect-train", "detect-eval", "tag", "tag-train", "embed", "filter",
-        "export", "report", "run", "status", "train", "generate", "metrics", "directions", "labels",
+        "export", "report", "run", "status", "train", "generate", "metrics", "directions", "serve", "labels",
     ]  # fmt: skip
     assert group.get_command(None, "labels").list_commands(None) == ["stats", "select"]
 
