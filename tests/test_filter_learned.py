@@ -162,4 +162,5 @@ def test_cli_score_option(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "seeds 10 good, 10 bad" in done.stdout and "on the learned score" in done.stdout
     done = subprocess.run([*base, "--score", "knn"], capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert done.returncode != 0 and "one of auto, vote, learned, finetuned, not 'knn'" in done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "one of auto, vote, learned, finetuned, not 'knn'" in done.stdout + done.stderr
