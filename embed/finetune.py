@@ -11,9 +11,9 @@ fine-tuned probability on its whole crop (the embedding's eval transform).
 The threshold is honest: it is chosen on the seeds' held-out probabilities, each from one of FOLDS
 fine-tunes (stratified folds) that never saw that seed, so the cost is FOLDS + 1 fine-tunes. All of it
 is seeded, so the same seeds give the same scores (on CPU: the chip's kernels may differ elsewhere).
-Measured (tests/bench/review.py): it ranks faces best of the scores, but the fold fine-tunes' held-out
-probabilities are noisy, so the cut often falls back to 0.5; 6 fine-tunes of resnet18 at 64 px on one
-thread take ~11 s for 20 seeds, ~32 s for 60 (the time grows with the seeds, not the faces).
+Measured (tests/bench/review.py, two seeds): it ranked faces best on one seed, no better on the other,
+and the fold fine-tunes' held-out probabilities are noisy, so its cut is often off. 6 fine-tunes of
+resnet18 at 64 px on one thread take ~11 s for 20 seeds, ~32 s for 60 (they grow with the seeds).
 """
 
 from __future__ import annotations
