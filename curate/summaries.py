@@ -221,7 +221,11 @@ def embed_summary(report: EmbedReport) -> Summary:
     return Summary(lines)
 
 
-_even_odds = {"vote": "the majority vote", "learned": "even odds of the learned score"}
+_even_odds = {
+    "vote": "the majority vote",
+    "learned": "even odds of the learned score",
+    "finetuned": "even odds of the fine-tuned network",
+}
 
 
 def filter_summary(report: FilterReport, target_precision: float) -> Summary:

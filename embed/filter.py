@@ -10,6 +10,7 @@ With enough good and bad seeds (`score="auto"`, or `"learned"`), a logistic regr
 seeds (embed/learned.py) scores the faces instead, over the vote and more signals: the embedding
 itself, the detector's score, the crop's geometry and the tagger's probabilities. The threshold is
 chosen the same way, on the seeds' held-out probabilities; mining is the vote's and is skipped.
+`score="finetuned"` fine-tunes the embedding's network itself on the seed crops (embed/finetune.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from curate.review import review_seeds
 from curate.tagnames import canonical_tag
 from curate.workspace import Workspace
 from embed.dedup import PixelCheck, duplicate_groups, keepers
+from embed.finetune import FinetunedScore
 from embed.index import build_index, knn_all
 from embed.learned import SCORES, FaceFacts, LearnedScore, choose_score, learn, signals
 from embed.stage import read_embeddings
@@ -54,7 +56,7 @@ class FilterOptions:
     dedup_pixels: float | None = 0.8  # and the correlation their 16-px grey thumbnails need; None: no check
     model: str | None = None  # which embedding (default the newest)
     review: bool = True  # faces people marked good/bad in `curate serve` are seeds too
-    # vote | learned | auto (learned from 8 good and 8 bad seeds on): what the threshold applies to
+    # vote | learned | finetuned | auto (learned from 8 good and 8 bad seeds on): what the cut applies to
     score: str = "auto"
     # called with (step, fraction done) as the filter goes: `curate serve` shows it as a progress bar
     on_progress: Callable[[str, float], None] | None = field(default=None, repr=False, compare=False)
@@ -87,7 +89,7 @@ class FilterReport:
     target_met: bool  # False: no threshold reached --target-precision on the seeds; the majority vote cut
     kept: int
     reasons: Counter[str] = field(default_factory=Counter)
-    score: str = "vote"  # the score the threshold applied to: vote | learned
+    score: str = "vote"  # the score the threshold applied to: vote | learned | finetuned
     signals: list[str] = field(default_factory=list)  # the learned score's inputs
     # the median similarity of a face to its nearest other face: near 1, the embedding tells faces
     # apart too little for the vote or for dedup to mean much (train it longer)
@@ -238,8 +240,10 @@ def filter_faces(workspace: str | Path, options: FilterOptions) -> FilterReport:
     sure = float(np.nanmedian(loo[seeds == 1])) if good_only and (seeds == 1).sum() > 1 else None
     method = choose_score(options.score, int((seeds == 1).sum()), int((seeds == 0).sum()))
     crops = _crop_facts(ws)
-    if method == "learned":
-        return _finish_learned(ws, options, ids, faces, vectors, scorer, seeds, loo, crops, model, progress)
+    if method != "vote":
+        return _finish_learned(
+            ws, options, ids, faces, vectors, scorer, seeds, loo, crops, model, progress, method
+        )  # fmt: skip
     for round_ in range(options.rounds):
         progress(f"mining round {round_ + 1}", 0.2 + 0.4 * round_ / max(options.rounds, 1))
         scores = scorer.scores(label)
@@ -263,27 +267,25 @@ def filter_faces(workspace: str | Path, options: FilterOptions) -> FilterReport:
 
 
 def _finish_learned(
-    ws: Workspace,
-    options: FilterOptions,
-    ids: list[str],
-    faces: int,
-    vectors: np.ndarray,
-    scorer: Scorer,
-    seeds: np.ndarray,
-    loo: np.ndarray,
-    crops: dict[str, CropFacts],
-    model: str,
-    progress: Callable[[str, float], None],
-) -> FilterReport:
-    """Fit the learned score on the seeds, choose its threshold on their held-out scores, and write."""
+    ws: Workspace, options: FilterOptions, ids: list[str], faces: int, vectors: np.ndarray, scorer: Scorer,
+    seeds: np.ndarray, loo: np.ndarray, crops: dict[str, CropFacts], model: str,
+    progress: Callable[[str, float], None], method: str,
+) -> FilterReport:  # fmt: skip
+    """Fit the learned score (or fine-tune the network) on the seeds, choose its threshold on their
+    held-out scores, and write."""
     progress("learning from the seeds", 0.3)
-    # the seeds' own similarities leave them out, as their vote (`loo`) does
-    near = [
-        scorer.nearest(np.where(seeds == side, 1, -1).astype(np.int8), 3, exclude_self=True)[0]
-        for side in (1, 0)
-    ]
-    facts = {face: FaceFacts(c.score, c.width, c.height, c.image_side) for face, c in crops.items()}
-    learned = learn(*signals(ws, ids, vectors, loo, *near, facts), seeds)
+    if method == "finetuned":
+        from embed.finetune import finetune_scores
+
+        paths = [crops[face].path if face in crops else None for face in ids]
+        learned = finetune_scores(ws, model, ids, paths, seeds)
+    else:  # the seeds' own similarities leave them out, as their vote (`loo`) does
+        near = [
+            scorer.nearest(np.where(seeds == side, 1, -1).astype(np.int8), 3, exclude_self=True)[0]
+            for side in (1, 0)
+        ]
+        facts = {face: FaceFacts(c.score, c.width, c.height, c.image_side) for face, c in crops.items()}
+        learned = learn(*signals(ws, ids, vectors, loo, *near, facts), seeds)
     if options.threshold is not None:
         chosen = options.threshold, None, True
     else:
@@ -307,10 +309,11 @@ def _write(
     crops: dict[str, CropFacts],
     model: str,
     progress: Callable[[str, float], None],
-    learned: LearnedScore | None,
+    learned: LearnedScore | FinetunedScore | None,
 ) -> FilterReport:
     """Keep by the threshold, deduplicate, write the filter manifest and report."""
     threshold, precision, met = chosen
+    method = "vote" if learned is None else "finetuned" if isinstance(learned, FinetunedScore) else "learned"
     keep = ((scores >= threshold) | (seeds == 1)) & (seeds != 0)
     progress("deduplicating", 0.7)
     near_all, neighbours_all, _ = knn_all(scorer.vectors[:faces], min(faces, 10))
@@ -323,9 +326,10 @@ def _write(
         "model": model,
         "k": options.k,
         "threshold": threshold,
-        "score": "learned" if learned else "vote",
+        "score": method,
         "signals": learned.signals if learned else [],
         "l2": learned.l2 if learned else None,
+        "finetune_seconds": round(learned.seconds, 2) if isinstance(learned, FinetunedScore) else None,
         "dedup": options.dedup,
         "dedup_pixels": options.dedup_pixels,
         "rounds": options.rounds,
@@ -350,7 +354,7 @@ def _write(
         kept=reasons["kept"],
         reasons=reasons,
         nearest_similarity=_nearest_similarity(near_all, neighbours_all),
-        score="learned" if learned else "vote",
+        score=method,
         signals=learned.signals if learned else [],
     )
 

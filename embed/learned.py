@@ -20,7 +20,7 @@ from curate.errors import InvalidArgument
 from curate.manifest import OK, STATUS, TAG, read_stage
 from curate.workspace import Workspace
 
-SCORES = ("auto", "vote", "learned")
+SCORES = ("auto", "vote", "learned", "finetuned")
 AUTO_SEEDS = 8  # good and bad seeds each that `auto` needs before it learns; fewer: the vote
 LEAST_SEEDS = 2  # each, that a learned score needs at all (leave-one-out keeps one of each to fit)
 COMPONENTS = 16  # principal components of the embedding the probe sees: few labels fit few weights
@@ -56,12 +56,12 @@ class LearnedScore:
 
 
 def choose_score(score: str, good: int, bad: int) -> str:
-    """The score to use, vote or learned, as `score` asks with this many good and bad seeds."""
+    """The score to use, vote, learned or finetuned, as `score` asks with this many good and bad seeds."""
     if score not in SCORES:
         raise InvalidArgument(f"a filter score is one of {', '.join(SCORES)}, not {score!r}")
-    if score == "learned" and min(good, bad) < LEAST_SEEDS:
+    if score in ("learned", "finetuned") and min(good, bad) < LEAST_SEEDS:
         raise InvalidArgument(
-            f"the learned score needs at least {LEAST_SEEDS} good and {LEAST_SEEDS} bad seeds "
+            f"the {score} score needs at least {LEAST_SEEDS} good and {LEAST_SEEDS} bad seeds "
             f"(there are {good} good, {bad} bad): review more faces or use --score vote"
         )
     if score == "auto":

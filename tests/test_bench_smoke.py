@@ -102,7 +102,9 @@ def test_serve_benchmark_answers_every_request_and_prints_one_json_line():
 def test_review_benchmark_prints_one_json_line_of_figures():
     figures = run_quick("review.py")
     assert figures["bench"] == "review" and figures["faces"] > 50 and figures["bad"] > 50
-    assert set(figures["arms"]) == {"vote/queue", "vote/random", "learned/queue", "learned/random"}
+    assert set(figures["arms"]) == {
+        "vote/queue", "vote/random", "learned/queue", "learned/random", "finetuned/queue"
+    }  # fmt: skip
     for name, rounds in figures["arms"].items():
         assert [r["answers"] for r in rounds] == [20, 40, 60], name  # seeds, then two rounds of 20
         assert all(r["method"] == name.split("/")[0] for r in rounds), name

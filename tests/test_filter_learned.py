@@ -123,7 +123,7 @@ def test_auto_learns_from_eight_seeds_of_each_and_learned_needs_two(tmp_path):
         InvalidArgument, match=r"needs at least 2 good and 2 bad seeds \(there are 3 good, 1 bad\)"
     ):
         filter_faces(ws.root, FilterOptions(good=seeds(3)["good"], bad=seeds(1)["bad"], score="learned"))
-    with pytest.raises(InvalidArgument, match="one of auto, vote, learned, not 'knn'"):
+    with pytest.raises(InvalidArgument, match="one of auto, vote, learned, finetuned, not 'knn'"):
         FilterOptions(score="knn")
 
 
@@ -162,4 +162,5 @@ def test_cli_score_option(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "seeds 10 good, 10 bad" in done.stdout and "on the learned score" in done.stdout
     done = subprocess.run([*base, "--score", "knn"], capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert done.returncode != 0 and "one of auto, vote, learned, not 'knn'" in done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "one of auto, vote, learned, finetuned, not 'knn'" in done.stdout + done.stderr

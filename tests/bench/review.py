@@ -3,9 +3,10 @@
 The mix (tests/mixes.py) is embedded once (instance discrimination trained here, or `--features`). An
 oracle answers from the mix's truth through `curate.review.decide`, which writes the review manifest
 as the page does: first 10 good and 10 bad seeds (round 0), then rounds of 20 answers, each followed
-by `curate filter` with the reviewed faces as seeds. Four arms answer in the same workspace copy each:
-the vote or the learned score (`--score`), and the next 20 faces taken from `review_queue` (the faces
-the page shows first: nearest the threshold) or at random among the undecided ones.
+by `curate filter` with the reviewed faces as seeds. Six arms answer in a workspace copy each: the
+vote, the learned or the fine-tuned score (`--score`; `--quick` runs finetuned/queue only), and the
+next 20 faces taken from `review_queue` (the faces the page shows first: nearest the threshold) or at
+random among the undecided ones.
 
 After each round it measures the kept set over every face: a face a person answered counts as the
 person decided it (good kept, bad dropped), as the export would take it; a duplicate that dedup
@@ -73,11 +74,13 @@ def main() -> None:
         )
         embed_s = time.perf_counter() - start
         arms = {}
-        for score in ("vote", "learned"):
-            for pick in ("queue", "random"):
-                copy = Path(tmp) / f"{score}-{pick}"
-                shutil.copytree(mix.ws.root, copy, symlinks=True)
-                arms[f"{score}/{pick}"] = run_arm(mix, Workspace.open(copy), score, pick, rounds, args.seed)
+        picks = [(score, pick) for score in ("vote", "learned", "finetuned") for pick in ("queue", "random")]
+        if args.quick:  # one fine-tuned arm keeps the smoke run short
+            picks.remove(("finetuned", "random"))
+        for score, pick in picks:
+            copy = Path(tmp) / f"{score}-{pick}"
+            shutil.copytree(mix.ws.root, copy, symlinks=True)
+            arms[f"{score}/{pick}"] = run_arm(mix, Workspace.open(copy), score, pick, rounds, args.seed)
     figures = {
         "bench": "review",
         "faces": len(set(mix.faces) | set(mix.copies)),
