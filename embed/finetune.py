@@ -125,9 +125,15 @@ def _transforms(saved: dict[str, Any], settings: dict[str, Any]) -> tuple[Any, A
 
     augment = saved.get("augment", "light")
     if "preprocessing" in settings:
+        import torch
+
         from embed.tagger_features import tagger_training_transform
 
-        return tagger_training_transform(settings["preprocessing"], augment), network_transform(settings)
+        arrays = network_transform(settings)  # the tagger's preprocessing gives arrays: tensors here
+
+        return tagger_training_transform(settings["preprocessing"], augment), (
+            lambda image: torch.from_numpy(arrays(image))
+        )
     return training_transform(settings["size"], augment), network_transform(settings)
 
 

@@ -202,6 +202,14 @@ def test_cli_trains_from_the_tagger_and_embeds(workspace, tagger, tmp_path):
     assert np.allclose(
         embed_files(ws, name, [crops[i] for i in ids[:2]], device="cpu"), vectors[:2], atol=1e-5
     )
+    # the fine-tuned filter score trains this network too, on crops framed as the tagger sees them
+    from embed.filter import FilterOptions, filter_faces
+
+    order = sorted(ids)
+    tuned = filter_faces(
+        ws.root, FilterOptions(good=order[:3], bad=order[3:6], score="finetuned", dedup=None)
+    )
+    assert tuned.score == "finetuned" and tuned.faces == len(ids)
 
     # rows are never named for a network other than the one that made them
     with pytest.raises(InvalidArgument, match=rf"holds {name}, not instdisc:resnet18"):

@@ -13,12 +13,18 @@ person decided it (good kept, bad dropped), as the export would take it; a dupli
 dropped counts as chosen (as in tests/bench/filter.py). `open_*` are the same figures over the faces
 nobody answered. The target: precision ≥ 0.95 at recall ≥ 0.90 within 60 answers.
 
-Run from the repo root: ``python tests/bench/review.py [--quick] [--rounds N] [--features timm:NAME]``.
+With `--tagger MODEL` it also runs the same arms on the tagger's pooled features (`curate embed
+--features tagger:MODEL`) and on instance discrimination started from the tagger's backbone
+(`--init tagger:MODEL`), reported under `beside`.
+
+Run from the repo root:
+``python tests/bench/review.py [--quick] [--rounds N] [--features timm:NAME] [--tagger MODEL]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -58,40 +64,66 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=4, help="rounds of 20 answers after the seeds")
     parser.add_argument("--features", default=None, help="EmbedOptions.features, e.g. timm:<name>")
+    parser.add_argument(
+        "--tagger",
+        default=None,
+        help="a WD tagger (hub id or folder): also run its features and instance discrimination from it",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     backbone, epochs, size = ("test_resnet", 5, 48) if args.quick else (args.backbone, args.epochs, 64)
     rounds = min(args.rounds, 2) if args.quick else args.rounds
+    training = EmbedTrainOptions(
+        backbone=backbone, dim=32, size=size, epochs=epochs, lr=0.1, batch_size=32, device="cpu",
+        seed=args.seed, progress=False,
+    )  # fmt: skip
+    embeddings = {"main": EmbedOptions(train=training, features=args.features, progress=False)}
+    if args.tagger:  # the tagger's features, and instance discrimination started from its backbone
+        embeddings["tagger_features"] = EmbedOptions(features=f"tagger:{args.tagger}", progress=False)
+        init = dataclasses.replace(training, init=f"tagger:{args.tagger}", lr=0.01)
+        embeddings["tagger_init"] = EmbedOptions(train=init, progress=False)
     with tempfile.TemporaryDirectory(prefix="curate-bench-review-") as tmp:
-        mix = fixture_mix(fixture_dir(), Path(tmp), copies=10, patches=40)
-        start = time.perf_counter()
-        training = EmbedTrainOptions(
-            backbone=backbone, dim=32, size=size, epochs=epochs, lr=0.1, batch_size=32, device="cpu",
-            seed=args.seed, progress=False,
-        )  # fmt: skip
-        embedded = embed_faces(
-            mix.ws.root, EmbedOptions(train=training, features=args.features, progress=False)
-        )
-        embed_s = time.perf_counter() - start
-        arms = {}
-        picks = [(score, pick) for score in ("vote", "learned", "finetuned") for pick in ("queue", "random")]
-        if args.quick:  # one fine-tuned arm keeps the smoke run short
-            picks.remove(("finetuned", "random"))
-        for score, pick in picks:
-            copy = Path(tmp) / f"{score}-{pick}"
-            shutil.copytree(mix.ws.root, copy, symlinks=True)
-            arms[f"{score}/{pick}"] = run_arm(mix, Workspace.open(copy), score, pick, rounds, args.seed)
+        mix = fixture_mix(fixture_dir(), Path(tmp) / "mix", copies=10, patches=40)
+        results = {
+            name: bench_embedding(mix, Path(tmp) / name, options, rounds, args)
+            for name, options in embeddings.items()
+        }
+    main_result = results.pop("main")
+    if not args.features:
+        main_result["embedding"] = f"instdisc:{backbone}@{size}, {epochs} epochs"
     figures = {
         "bench": "review",
         "faces": len(set(mix.faces) | set(mix.copies)),
         "bad": len(mix.bad),
-        "embedding": embedded.model if args.features else f"instdisc:{backbone}@{size}, {epochs} epochs",
-        "embed_seconds": round(embed_s, 1),
+        **main_result,
         "target": TARGET,
+        "beside": results,  # the tagger's embeddings, each with the same arms, when --tagger is given
+    }
+    print(json.dumps(figures))
+
+
+def bench_embedding(mix: Mix, folder: Path, options: EmbedOptions, rounds: int, args) -> dict:
+    """Embed a copy of the mix with `options`, then run every arm on a copy of that each."""
+    shutil.copytree(mix.ws.root, folder / "ws", symlinks=True)
+    start = time.perf_counter()
+    embedded = embed_faces(folder / "ws", options)
+    embed_s = time.perf_counter() - start
+    picks = [(score, pick) for score in ("vote", "learned", "finetuned") for pick in ("queue", "random")]
+    if args.quick:  # one fine-tuned arm keeps the smoke run short
+        picks.remove(("finetuned", "random"))
+    if not embedded.model.startswith("instdisc:"):  # pretrained features: no network of ours to tune
+        picks = [(score, pick) for score, pick in picks if score != "finetuned"]
+    arms = {}
+    for score, pick in picks:
+        copy = folder / f"{score}-{pick}"
+        shutil.copytree(folder / "ws", copy, symlinks=True)
+        arms[f"{score}/{pick}"] = run_arm(mix, Workspace.open(copy), score, pick, rounds, args.seed)
+    return {
+        "embedding": embedded.model,
+        "embed_seconds": round(embed_s, 1),
         "arms": arms,
         "target_reached": {name: reached(arm) for name, arm in arms.items()},
     }
-    print(json.dumps(figures))
 
 
 def run_arm(mix: Mix, ws: Workspace, score: str, pick: str, rounds: int, seed: int) -> list[dict]:
