@@ -69,12 +69,14 @@ def main() -> None:
         default=None,
         help="a WD tagger (hub id or folder): also run its features and instance discrimination from it",
     )
+    parser.add_argument("--size", type=int, default=64, help="input side (`curate embed` uses 128)")
+    parser.add_argument("--dim", type=int, default=32, help="embedding width (`curate embed` uses 128)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    backbone, epochs, size = ("test_resnet", 5, 48) if args.quick else (args.backbone, args.epochs, 64)
+    backbone, epochs, size = ("test_resnet", 5, 48) if args.quick else (args.backbone, args.epochs, args.size)
     rounds = min(args.rounds, 2) if args.quick else args.rounds
     training = EmbedTrainOptions(
-        backbone=backbone, dim=32, size=size, epochs=epochs, lr=0.1, batch_size=32, device="cpu",
+        backbone=backbone, dim=args.dim, size=size, epochs=epochs, lr=0.1, batch_size=32, device="cpu",
         seed=args.seed, progress=False,
     )  # fmt: skip
     embeddings = {"main": EmbedOptions(train=training, features=args.features, progress=False)}
@@ -90,7 +92,7 @@ def main() -> None:
         }
     main_result = results.pop("main")
     if not args.features:
-        main_result["embedding"] = f"instdisc:{backbone}@{size}, {epochs} epochs"
+        main_result["embedding"] = f"instdisc:{backbone}@{size}, {args.dim}-d, {epochs} epochs"
     figures = {
         "bench": "review",
         "faces": len(set(mix.faces) | set(mix.copies)),
