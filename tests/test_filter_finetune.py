@@ -65,12 +65,20 @@ def scored(mix) -> dict[str, tuple]:
     return out
 
 
-def test_the_fine_tuned_score_separates_faces_better_than_the_vote(scored):
+def test_the_fine_tuned_score_learns_the_seeds_and_ranks_unseen_faces(scored, mix):
     vote, finetuned = scored["vote"], scored["finetuned"]
     assert (vote[0].score, finetuned[0].score) == ("vote", "finetuned")
-    # measured on the open faces with 30 good and 30 bad seeds: vote 0.640, fine-tuned 0.680 (with 20 and
-    # 20: 0.649 and 0.665). A gain, and a small one: see the README's benchmark for the stronger embedding
-    assert vote[2] < 0.7 and finetuned[2] > vote[2] + 0.02 and finetuned[2] > 0.65, (vote[2], finetuned[2])
+    # On this weak 5-epoch embedding the open faces' AUC is vote 0.64 to 0.72 and fine-tuned 0.68 to 0.69
+    # depending on the machine's threads (the embedding's training differs in its last digits): no
+    # reliable gain over the vote here (the README's benchmark measures that on a stronger embedding).
+    # What holds: the network learned the seeds it was tuned on (through augmentations, with BatchNorm
+    # frozen, so not perfectly), and ranks unseen faces well above chance.
+    given = seeds(mix, 30)
+    good, tuned = set(given["good"]), finetuned[3]
+    seed_ids = sorted(good | set(given["bad"]))
+    fit = roc_auc(np.array([tuned[f] for f in seed_ids]), np.array([f in good for f in seed_ids]))
+    # measured: the seeds' fit 0.84 to 0.85, the open faces 0.68 to 0.69 (chance: 0.5)
+    assert fit > 0.75 and finetuned[2] > 0.62, (fit, vote[2], finetuned[2])
     params = finetuned[1]
     assert params["score"] == "finetuned" and params["options"]["score"] == "finetuned"
     assert params["signals"] == ["finetuned:instdisc:test_resnet"] and params["finetune_seconds"] > 0
