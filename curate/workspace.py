@@ -88,7 +88,7 @@ class Workspace:
         removed = 0
         for entry in self.tmp.iterdir():
             owner = entry.name.split("-", 1)[0]
-            if owner.isdigit() and (int(owner) == os.getpid() or _alive(int(owner))):
+            if owner.isdigit() and (int(owner) == os.getpid() or pid_alive(int(owner))):
                 continue
             if entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)
@@ -108,7 +108,8 @@ def land(tmp: Path, dest: Path) -> Path:
     return dest
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id is running (one we may not signal counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -20,7 +20,7 @@ from curate.errors import InvalidArgument
 from curate.manifest import REVIEW
 from curate.serve.faces import REASONS, SORTS, FaceTable, details, summary
 from curate.serve.jobs import FilterJob, JobRunning
-from curate.workspace import Workspace
+from curate.workspace import Workspace, pid_alive
 
 router = APIRouter(prefix="/api")
 MAX_PAGE = 200  # faces per listing request
@@ -62,20 +62,10 @@ def sweep_review_tmp(ws: Workspace) -> int:
     removed = 0
     for path in folder.glob(".part-*.tmp") if folder.is_dir() else ():
         found = _TMP_PART.fullmatch(path.name)
-        if found and int(found[1]) != os.getpid() and not _alive(int(found[1])):
+        if found and int(found[1]) != os.getpid() and not pid_alive(int(found[1])):
             path.unlink(missing_ok=True)
             removed += 1
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _faces(request: Request) -> FaceTable:
