@@ -8,8 +8,9 @@ estimated precision meets a target.
 
 With enough good and bad seeds (`score="auto"`, or `"learned"`), a logistic regression fitted on the
 seeds (embed/learned.py) scores the faces instead, over the vote and more signals: the embedding
-itself, the detector's score, the crop's geometry and the tagger's probabilities. The threshold is
-chosen the same way, on the seeds' held-out probabilities; mining is the vote's and is skipped.
+itself, the crop's shape (embed/shape.py), the detector's score, the crop's geometry and the tagger's
+probabilities. The threshold is chosen the same way, on the seeds' held-out probabilities; mining is
+the vote's and is skipped.
 `score="finetuned"` fine-tunes the embedding's network itself on the seed crops (embed/finetune.py).
 """
 
@@ -34,10 +35,11 @@ from embed.dedup import PixelCheck, duplicate_groups, keepers
 from embed.finetune import FinetunedScore
 from embed.index import build_index, knn_all
 from embed.learned import SCORES, FaceFacts, LearnedScore, choose_score, learn, signals
+from embed.shape import shape_descriptors
 from embed.stage import read_embeddings
+from embed.threshold import choose_threshold
 
 TEMPERATURE = 0.07  # of the vote's weights exp(similarity / τ), as instance discrimination's softmax
-MAJORITY = 0.5  # the cut when the seeds cannot vouch for the target precision at any score
 COLLAPSED = 0.97  # a median nearest-neighbour similarity this high: the embedding has not separated faces
 
 
@@ -159,45 +161,6 @@ class Scorer:
             return np.where(valid, similarities, 0).sum(axis=1) / valid.sum(axis=1)
 
 
-def choose_threshold(
-    loo: np.ndarray, label: np.ndarray, target: float, *, good_only: bool
-) -> tuple[float, float | None, bool]:
-    """(threshold, estimated precision, whether the target was met) from the seeds' leave-one-out scores.
-
-    With bad seeds: the lowest cut at which the good share of seeds scoring at least it reaches
-    `target`, placed halfway to the next lower seed score. Seeds with equal scores stand or fall
-    together. When no cut reaches the target, the majority vote (0.5) is the cut and its estimated
-    precision is reported: keeping nothing would help no one, and the caller warns.
-    With good seeds only precision cannot be estimated; the cut keeps `target` of the good seeds.
-    """
-    seeds = (label >= 0) & np.isfinite(loo)
-    if good_only:
-        good = np.sort(loo[seeds & (label == 1)])
-        if not len(good):
-            raise InvalidArgument(
-                "one good seed cannot choose a threshold: give more, bad seeds, or --threshold"
-            )
-        return float(good[math.floor((1 - target) * (len(good) - 1))]), None, True
-    order = np.argsort(-loo[seeds], kind="stable")
-    scores, labels = loo[seeds][order], label[seeds][order]
-    # a cut sits at the end of each run of equal scores, so tied seeds stand or fall together;
-    # sorted once, which matters when a tag query makes tens of thousands of seeds
-    if not len(scores):
-        return MAJORITY, None, False
-    ends = np.flatnonzero(np.append(scores[1:] != scores[:-1], True))
-    cuts = scores[ends]  # distinct scores, highest first
-    precision = np.cumsum(labels == 1)[ends] / (ends + 1)
-    meeting = np.flatnonzero(precision >= target)
-    if not len(meeting):
-        majority = scores >= MAJORITY
-        estimate = float((labels[majority] == 1).mean()) if majority.any() else None
-        return MAJORITY, estimate, False
-    cut = meeting[-1]
-    # halfway to the next seed's score: the seeds' scores bunch at 0 and 1, and faces fall between
-    below = float(cuts[cut + 1]) if cut + 1 < len(cuts) else float(cuts[cut])
-    return (float(cuts[cut]) + below) / 2, float(precision[cut]), True
-
-
 def filter_faces(workspace: str | Path, options: FilterOptions) -> FilterReport:
     """Score, mine, threshold and deduplicate every embedded face; write the filter manifest."""
     ws = Workspace.open(workspace)
@@ -285,7 +248,11 @@ def _finish_learned(
             for side in (1, 0)
         ]
         facts = {face: FaceFacts(c.score, c.width, c.height, c.image_side) for face, c in crops.items()}
-        learned = learn(*signals(ws, ids, vectors, loo, *near, facts), seeds)
+        progress("describing the crops' shapes", 0.3)
+        paths = [crops[face].path if face in crops else None for face in ids]
+        shapes = shape_descriptors(ws, ids, paths)
+        progress("learning from the seeds", 0.4)
+        learned = learn(*signals(ws, ids, vectors, loo, *near, facts, shapes), seeds)
     if options.threshold is not None:
         chosen = options.threshold, None, True
     else:
@@ -329,6 +296,7 @@ def _write(
         "score": method,
         "signals": learned.signals if learned else [],
         "l2": learned.l2 if learned else None,
+        "signal_groups": learned.groups if isinstance(learned, LearnedScore) else {},
         "finetune_seconds": round(learned.seconds, 2) if isinstance(learned, FinetunedScore) else None,
         "dedup": options.dedup,
         "dedup_pixels": options.dedup_pixels,

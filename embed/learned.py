@@ -1,17 +1,19 @@
 """The filter's learned score: a logistic regression fitted on the seeds over more signals than the vote.
 
-Signals per face: the kNN vote of the seeds, the mean similarity to the nearest good and to the nearest
-bad seeds, the embedding itself (its leading principal components: a linear probe), the detector's
-score, the face box's side relative to its image and its aspect, and the tagger's probabilities of a
-few tags that tell faces from the rest, where the tag manifest has them. The seeds' own vote and
-similarities leave the seed out, so a seed is scored as a face nobody labelled would be. The threshold
-is chosen on the seeds' leave-one-out (or k-fold) probabilities, as the vote's is.
+Signals per face, in groups: the kNN vote of the seeds with the mean similarity to the nearest good and
+to the nearest bad seeds; the embedding itself (its leading principal components: a linear probe); the
+crop's shape (the leading components of its HOG, embed/shape.py); the detector's score with the face
+box's side relative to its image and its aspect; and the tagger's probabilities of a few tags that tell
+faces from the rest, where the tag manifest has them. Each group gets its own fit, and a last fit
+weighs the groups (see `learn`). The seeds' own vote and similarities leave the seed out, so
+a seed is scored as a face nobody labelled would be. The threshold is chosen on the seeds'
+leave-one-out (or k-fold) probabilities, as the vote's is.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow.compute as pc
@@ -24,9 +26,10 @@ SCORES = ("auto", "vote", "learned", "finetuned")
 AUTO_SEEDS = 8  # good and bad seeds each that `auto` needs before it learns; fewer: the vote
 LEAST_SEEDS = 2  # each, that a learned score needs at all (leave-one-out keeps one of each to fit)
 COMPONENTS = 16  # principal components of the embedding the probe sees: few labels fit few weights
-# penalties tried, chosen by held-out log loss on the seeds; the largest leaves little but the vote
+# penalties tried, chosen by held-out log loss on the seeds; the largest leaves a group nearly mute
 L2_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
-VOTE_L2 = 0.03  # the vote's own weight is barely held back: the other signals correct it
+LOGIT_LIMIT = 12.0  # a group's log-odds are clipped here: a held-out 0 or 1 is not infinitely sure
+LOGIT_SCALE = 4.0  # the groups' log-odds are divided by this, to the scale the penalties were set for
 FOLDS = 10  # k-fold instead of leave-one-out above LOO_LIMIT seeds (a tag query makes thousands)
 LOO_LIMIT = 200
 PCA_SAMPLE = 20_000  # faces the principal axes are found from
@@ -51,8 +54,9 @@ class FaceFacts:
 class LearnedScore:
     scores: np.ndarray  # per row: the fitted probability that the face is good
     held_out: np.ndarray  # per row: a seed's probability from a fit without it (NaN for other rows)
-    signals: list[str]
-    l2: float
+    signals: list[str]  # the signals the fits read
+    l2: float  # the penalty of the fit over the groups
+    groups: dict[str, dict[str, float]] = field(default_factory=dict)  # group → its weight and its penalty
 
 
 def choose_score(score: str, good: int, bad: int) -> str:
@@ -77,14 +81,22 @@ def signals(
     near_good: np.ndarray,
     near_bad: np.ndarray,
     facts: dict[str, FaceFacts],
+    shapes: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """(rows × signals, their names), raw; unknown values are NaN. `near_good` and `near_bad` hold the
-    similarities of each row's nearest good and bad seeds (−inf pads); their means are signals."""
+    similarities of each row's nearest good and bad seeds (−inf pads); their means are signals.
+    `shapes` holds each row's shape descriptors by name (NaN rows: unknown); each is a group."""
     columns = [vote, _mean_finite(near_good), _mean_finite(near_bad)]
     names = ["vote", "near_good", "near_bad"]
     components = _components(vectors, COMPONENTS)
     columns += list(components.T)
     names += [f"pc{n}" for n in range(components.shape[1])]
+    for descriptor, values in (shapes or {}).items():
+        if not np.isfinite(values).all(axis=1).any():
+            continue  # no crop could be read (faces without files): no group
+        shape = _components(values, COMPONENTS)
+        columns += list(shape.T)
+        names += [f"{descriptor}:{n}" for n in range(shape.shape[1])]
     unknown = FaceFacts(math.nan, math.nan, math.nan, math.nan)
     known = [facts.get(face, unknown) for face in ids]
     geometry = np.array([(f.score, f.width, f.height, f.image_side) for f in known], dtype=np.float64)
@@ -131,31 +143,85 @@ def _mean_finite(similarities: np.ndarray) -> np.ndarray:
         return np.where(finite, similarities, 0).sum(axis=1) / finite.sum(axis=1)
 
 
+def group_of(name: str) -> str:
+    """The signal group a signal's name belongs to."""
+    if name in ("vote", "near_good", "near_bad"):
+        return "vote"
+    if name.startswith("pc"):
+        return "embedding"
+    if name.startswith("tag:"):
+        return "tags"
+    if ":" in name:  # a shape descriptor's component, "<descriptor>:<n>"
+        return name.split(":", 1)[0]
+    return "detector"
+
+
 def learn(features: np.ndarray, names: list[str], seeds: np.ndarray) -> LearnedScore:
-    """Fit on the seeds (label 1 good, 0 bad, −1 none); score every row; hold each seed out once."""
-    x = _standardise(features)
+    """Fit on the seeds (label 1 good, 0 bad, −1 none); score every row; hold each seed out once.
+
+    Stacked: a logistic regression per signal group, each at its own penalty, then one over the
+    groups' log-odds (Wolpert 1992). The second fit learns from each seed's held-out log-odds, so a
+    group that only fits noise, like a weak embedding's components with few seeds, gets little
+    weight instead of diluting the others. One fit over every signal at once did worse on the fixture
+    mix than the crop's shape alone (held-out AUC 0.948 against 0.962, 60 answers); stacked, 0.97–0.98.
+    """
+    x = standardise(features)
     rows = np.flatnonzero(seeds >= 0)
     y = (seeds[rows] == 1).astype(np.float64)
     folds = _folds(len(rows))
-    l2 = min(L2_GRID, key=lambda l2: _held_out_loss(x[rows], y, folds, l2))
+    columns_of: dict[str, list[int]] = {}
+    for column, name in enumerate(names):
+        columns_of.setdefault(group_of(name), []).append(column)
+    held_logits, all_logits, penalties = [], [], {}
+    for group, columns in columns_of.items():
+        seen = x[rows][:, columns]
+        penalties[group] = best_l2(seen, y, folds)
+        held_logits.append(logit(_held_out(seen, y, folds, penalties[group])))
+        beta, bias = fit_logistic(seen, y, penalties[group])
+        all_logits.append(np.clip(x[:, columns] @ beta + bias, -LOGIT_LIMIT, LOGIT_LIMIT))
+    # the second fit: on the seeds' held-out log-odds; every row is then scored from the full fits'
+    stacked_seeds = np.column_stack(held_logits) / LOGIT_SCALE
+    stacked_all = np.column_stack(all_logits) / LOGIT_SCALE
+    l2 = best_l2(stacked_seeds, y, folds)
     held = np.full(len(seeds), np.nan)
-    held[rows] = _held_out(x[rows], y, folds, l2)
-    beta, bias = fit_logistic(x[rows], y, l2)
-    return LearnedScore(_sigmoid(x @ beta + bias), held, names, l2)
+    held[rows] = _held_out(stacked_seeds, y, folds, l2)
+    beta, bias = fit_logistic(stacked_seeds, y, l2)
+    groups = {
+        group: {"weight": round(float(w), 4), "l2": penalties[group]}
+        for group, w in zip(columns_of, beta, strict=True)
+    }
+    return LearnedScore(_sigmoid(stacked_all @ beta + bias), held, names, l2, groups)
+
+
+def best_l2(x: np.ndarray, y: np.ndarray, folds: np.ndarray) -> float:
+    """The penalty of L2_GRID with the lowest held-out log loss."""
+    return min(L2_GRID, key=lambda l2: _held_out_loss(x, y, folds, l2))
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 − p)), clipped to ±LOGIT_LIMIT."""
+    p = np.clip(p, 1e-9, 1 - 1e-9)
+    return np.clip(np.log(p) - np.log1p(-p), -LOGIT_LIMIT, LOGIT_LIMIT)
 
 
 def _components(vectors: np.ndarray, count: int) -> np.ndarray:
-    """The embedding's leading principal components, from a sample of the faces (standardised later like
-    every signal: the direction that tells faces apart need not be the one that varies most)."""
-    sample = vectors
-    if len(vectors) > PCA_SAMPLE:
-        sample = vectors[np.random.default_rng(0).choice(len(vectors), PCA_SAMPLE, replace=False)]
-    mean = sample.mean(axis=0)
-    _, _, axes = np.linalg.svd(sample - mean, full_matrices=False)
-    return (vectors - mean) @ axes[:count].T
+    """The leading principal components of vectors, from a sample of the known rows (standardised later
+    like every signal: the direction that tells faces apart need not be the one that varies most).
+    Rows with NaN (unknown) stay NaN."""
+    known = np.flatnonzero(np.isfinite(vectors).all(axis=1))
+    out = np.full((len(vectors), min(count, vectors.shape[1])), np.nan)
+    if len(known) < 2:
+        return out
+    sample = known
+    if len(known) > PCA_SAMPLE:
+        sample = np.random.default_rng(0).choice(known, PCA_SAMPLE, replace=False)
+    mean = vectors[sample].astype(np.float64).mean(axis=0)
+    _, _, axes = np.linalg.svd(vectors[sample] - mean, full_matrices=False)
+    out[known, : len(axes[:count])] = (vectors[known] - mean) @ axes[:count].T
+    return out
 
 
-def _standardise(features: np.ndarray) -> np.ndarray:
+def standardise(features: np.ndarray) -> np.ndarray:
     """Zero mean and unit spread per signal over all faces; unknown values at the mean (0); a constant
     signal (every face alike, or none known) is 0 throughout."""
     with np.errstate(invalid="ignore"):
@@ -185,16 +251,21 @@ def _held_out_loss(x: np.ndarray, y: np.ndarray, folds: np.ndarray, l2: float) -
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, steps: int = 50) -> tuple[np.ndarray, float]:
+def fit_logistic(
+    x: np.ndarray, y: np.ndarray, l2: float, steps: int = 50, *, balanced: bool = True
+) -> tuple[np.ndarray, float]:
     """β, b minimising the class-balanced mean log loss + l2/2 ‖β‖² (Newton's method, step halving).
 
-    Balanced: good and bad seeds weigh the same in all, whatever their counts (reviews are uneven).
-    The first column (the vote) is penalised by at most VOTE_L2: with a large l2 the fit is the vote.
+    Balanced: good and bad seeds weigh the same in all, whatever their counts (reviews are uneven);
+    `balanced=False` weighs every row the same (a calibration).
     """
     n, d = x.shape
-    weight = np.where(y == 1, 0.5 / max(y.sum(), 1), 0.5 / max(n - y.sum(), 1))
+    if balanced:
+        weight = np.where(y == 1, 0.5 / max(y.sum(), 1), 0.5 / max(n - y.sum(), 1))
+    else:
+        weight = np.full(n, 1 / n)
     design = np.hstack([x, np.ones((n, 1))])
-    penalty = np.concatenate([[min(l2, VOTE_L2)], np.full(d - 1, l2), [0.0]])  # the bias: not penalised
+    penalty = np.append(np.full(d, l2), 0.0)  # the bias: not penalised
     w = np.zeros(d + 1)
 
     def loss(w: np.ndarray) -> float:

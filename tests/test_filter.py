@@ -13,7 +13,8 @@ pytest.importorskip("faiss")
 from curate.errors import InvalidArgument
 from curate.manifest import CROP, EMBED, FILTER, TAG, now_utc, read_stage, write_part
 from curate.workspace import Workspace
-from embed.filter import FilterOptions, choose_threshold, filter_faces, vote
+from embed.filter import FilterOptions, filter_faces, vote
+from embed.threshold import choose_threshold
 from tests.conftest import REPO
 
 

@@ -25,7 +25,7 @@ from curate.manifest import (
 from curate.metrics import roc_auc
 from curate.workspace import Workspace
 from embed.filter import FilterOptions, filter_faces
-from embed.learned import choose_score, fit_logistic
+from embed.learned import best_l2, choose_score, fit_logistic, learn, standardise
 from tests.conftest import REPO
 
 GOOD, BAD = 80, 60
@@ -88,7 +88,7 @@ def test_a_linear_probe_on_the_embedding_beats_the_vote(tmp_path):
     auc, precision, recall = judged(ws)
     assert (vote.score, learned.score) == ("vote", "learned")
     # neighbours share a style more than a kind; one direction tells the kinds apart, for a linear probe
-    assert vote_auc < 0.7 and auc > 0.9, (vote_auc, auc)  # measured: 0.647 and 0.946
+    assert vote_auc < 0.7 and auc > 0.9, (vote_auc, auc)  # measured: 0.647 and 0.945
     assert precision > vote_precision + 0.1 and recall > vote_recall + 0.3, (
         precision, recall, vote_precision, vote_recall
     )  # fmt: skip
@@ -96,7 +96,7 @@ def test_a_linear_probe_on_the_embedding_beats_the_vote(tmp_path):
     assert params["score"] == "learned" and params["options"]["score"] == "learned"
     assert params["signals"][:3] == ["vote", "near_good", "near_bad"] and "tag:no_humans" in params["signals"]
     assert "detector_score" in params["signals"] and "tag:1girl" in params["signals"]
-    assert params["l2"] > 0
+    assert params["l2"] > 0 and set(params["signal_groups"]) == {"vote", "embedding", "detector", "tags"}
     stored = {r["face_id"]: r["score"] for r in read_stage(ws, FILTER).to_pylist()}
     assert all(r["score"] >= params["threshold"] for r in read_stage(ws, FILTER).to_pylist() if r["keep"])
     assert all(0 <= s <= 1 for s in stored.values())  # the score column holds the learned probability
@@ -108,7 +108,7 @@ def test_the_taggers_probabilities_tell_what_the_embedding_does_not(tmp_path):
     vote_auc = judged(ws)[0]
     filter_faces(ws.root, FilterOptions(**seeds(20), score="auto", dedup=None))  # 20 of each: learned
     auc, precision, _ = judged(ws)
-    assert 0.35 < vote_auc < 0.7 and auc > 0.9, (vote_auc, auc)  # measured: 0.494 and 0.96
+    assert 0.35 < vote_auc < 0.7 and auc > 0.9, (vote_auc, auc)  # measured: 0.494 and 0.998
     assert precision > 0.8
     assert part_metadata(part_files(ws, FILTER)[-1])["params"]["score"] == "learned"
 
@@ -144,12 +144,51 @@ def test_logistic_regression_reaches_the_optimum():
     beta, bias = fit_logistic(x, y, 0.1)
     p = 1 / (1 + np.exp(-(x @ beta + bias)))
     weight = np.where(y == 1, 0.5 / y.sum(), 0.5 / (1 - y).sum())
-    penalty = np.array([0.03, 0.1, 0.1, 0.1, 0.1])  # the first column's (the vote's) is at most 0.03
-    gradient = np.append(x.T @ (weight * (p - y)) + penalty * beta, weight @ (p - y))
+    gradient = np.append(x.T @ (weight * (p - y)) + 0.1 * beta, weight @ (p - y))
     assert np.abs(gradient).max() < 1e-8 and beta[0] > 4 * np.abs(beta[1:]).max()
     separable = (x[:, 0] > 0).astype(float)  # no finite optimum without the penalty: it must still stop
     beta, _ = fit_logistic(x, separable, 1e-3)
     assert np.isfinite(beta).all() and beta[0] > 0
+    beta, bias = fit_logistic(x, y, 0.1, balanced=False)  # every row weighs the same
+    p = 1 / (1 + np.exp(-(x @ beta + bias)))
+    gradient = np.append(x.T @ ((p - y) / len(y)) + 0.1 * beta, np.mean(p - y))
+    assert np.abs(gradient).max() < 1e-8
+
+
+def test_stacking_keeps_a_group_of_noise_from_drowning_the_signal():
+    """40 seeds; one group tells good from bad, another holds 32 columns of noise (a weak embedding's
+    components): fitted per group and then weighed, the noise gets little weight and the ranking of
+    the unseen faces stays near the signal's own, where one fit over all columns (at its best
+    penalty) loses to the noise. Over five draws: 0.941 stacked, 0.863 in one fit, 0.956 the truth's."""
+    rng = np.random.default_rng(0)
+    truth = rng.random(400) < 0.5
+    signal = truth[:, None] * 1.2 + rng.normal(size=(400, 4))
+    features = np.hstack([rng.normal(size=(400, 3)), rng.normal(size=(400, 32)), signal])
+    names = [
+        "vote",
+        "near_good",
+        "near_bad",
+        *(f"pc{n}" for n in range(32)),
+        *(f"shape:{n}" for n in range(4)),
+    ]
+    seeds = np.full(400, -1)
+    seeds[:40] = truth[:40]
+    learned = learn(features, names, seeds)
+    unseen = slice(40, None)
+    stacked_auc = roc_auc(learned.scores[unseen], truth[unseen])
+    x, y = standardise(features), truth[:40].astype(float)
+    beta, bias = fit_logistic(x[:40], y, best_l2(x[:40], y, np.arange(40)))
+    flat_auc = roc_auc((x @ beta + bias)[unseen], truth[unseen])
+    signal_auc = roc_auc(signal[unseen].sum(axis=1), truth[unseen])  # the truth's own direction
+    assert set(learned.groups) == {"vote", "embedding", "shape"}
+    weights = {group: fit["weight"] for group, fit in learned.groups.items()}
+    assert weights["shape"] > 3 * max(abs(weights["embedding"]), abs(weights["vote"])), weights
+    assert stacked_auc > flat_auc + 0.03 and stacked_auc > signal_auc - 0.03, (
+        stacked_auc,
+        flat_auc,
+        signal_auc,
+    )
+    assert np.isnan(learned.held_out[unseen]).all() and np.isfinite(learned.held_out[:40]).all()
 
 
 def test_cli_score_option(tmp_path):

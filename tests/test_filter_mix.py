@@ -6,6 +6,8 @@ every test in this module.
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 pytest.importorskip("torch")
@@ -119,3 +121,46 @@ def test_the_bad_crops_detector_facts_are_drawn_from_the_faces(mix):
     for r in bad:
         assert 0 <= r["face_x0"] < r["face_x1"] <= r["image_width"] + 1e-3
         assert 0 <= r["face_y0"] < r["face_y1"] <= r["image_height"] + 1e-3
+
+
+def test_the_review_loop_learns_a_clean_set_from_the_crops_shapes(mix, tmp_path):
+    """10 good and 10 bad seeds, then two rounds of the 20 faces the review queue shows first, answered
+    from the truth (60 decisions), the learned score at target precision 0.95. The crops' shape
+    (embed/shape.py) carries it, where the vote on this weak embedding stays near AUC 0.8. Over six
+    runs of tests/bench/review.py and its variants at 60 decisions: open AUC 0.968 to 0.988, precision
+    0.92 to 1.0, recall 0.84 to 0.99; the bounds hold for all."""
+    from curate.manifest import part_files, part_metadata
+    from curate.review import decide, review_queue
+    from curate.workspace import Workspace
+
+    shutil.copytree(mix.ws.root, tmp_path / "ws", symlinks=True)
+    ws = Workspace.open(tmp_path / "ws")
+    good = set(mix.faces) | set(mix.copies)
+    noise = [f for f in mix.bad if f.startswith("noise")]
+    patches = [f for f in mix.bad if f.startswith("patch")]
+    batch = sorted(mix.faces)[:10] + noise[:5] + patches[:5]
+    learned = FilterOptions(score="learned", target_precision=0.95)
+    for _ in range(3):
+        for face in batch:
+            decide(ws, face, face.rsplit("-", 1)[0], "good" if face in good else "bad")
+        filter_faces(ws.root, learned)
+        batch = review_queue(ws, 20)
+    rows = read_stage(ws, FILTER).to_pylist()
+    chosen = {r["face_id"] for r in rows if r["keep"] or r["error"] == "duplicate"}
+    precision = len(chosen & good) / len(chosen)
+    recall = len(chosen & good) / len(good)
+    unanswered = [r for r in rows if r["seed"] is None]
+    auc = roc_auc(
+        np.array([r["score"] for r in unanswered]), np.array([r["face_id"] in good for r in unanswered])
+    )
+    groups = part_metadata(part_files(ws, FILTER)[-1])["params"]["signal_groups"]
+    assert len(rows) - len(unanswered) == 60
+    assert auc >= 0.94 and precision >= 0.9 and recall >= 0.8, (auc, precision, recall)
+    assert max(groups, key=lambda g: groups[g]["weight"]) in ("shape", "layout"), groups
+    filter_faces(ws.root, FilterOptions(score="vote", target_precision=0.95))  # the same answers
+    votes = {r["face_id"]: r["score"] for r in read_stage(ws, FILTER).to_pylist()}
+    vote_auc = roc_auc(
+        np.array([votes[r["face_id"]] for r in unanswered]),
+        np.array([r["face_id"] in good for r in unanswered]),
+    )
+    assert vote_auc < auc - 0.05, (vote_auc, auc)

@@ -72,6 +72,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="input side (`curate embed` uses 128)")
     parser.add_argument("--dim", type=int, default=32, help="embedding width (`curate embed` uses 128)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--scores", default="vote,learned,finetuned", help="the filter scores to run arms of, comma-separated"
+    )
     args = parser.parse_args()
     backbone, epochs, size = ("test_resnet", 5, 48) if args.quick else (args.backbone, args.epochs, args.size)
     rounds = min(args.rounds, 2) if args.quick else args.rounds
@@ -110,8 +113,8 @@ def bench_embedding(mix: Mix, folder: Path, options: EmbedOptions, rounds: int, 
     start = time.perf_counter()
     embedded = embed_faces(folder / "ws", options)
     embed_s = time.perf_counter() - start
-    picks = [(score, pick) for score in ("vote", "learned", "finetuned") for pick in ("queue", "random")]
-    if args.quick:  # one fine-tuned arm keeps the smoke run short
+    picks = [(score, pick) for score in args.scores.split(",") for pick in ("queue", "random")]
+    if args.quick and ("finetuned", "random") in picks:  # one fine-tuned arm keeps the smoke run short
         picks.remove(("finetuned", "random"))
     if not embedded.model.startswith("instdisc:"):  # pretrained features: no network of ours to tune
         picks = [(score, pick) for score, pick in picks if score != "finetuned"]
