@@ -38,17 +38,20 @@ def descriptor_size(side: int) -> int:
 def shape_descriptors(ws: Workspace, ids: list[str], paths: list[str | None]) -> dict[str, np.ndarray]:
     """{descriptor: N × its size} float32 HOGs of the crops at `paths` (relative to the workspace; NaN
     rows for a face with no crop or one that does not decode), cached across runs."""
-    cached = _read_cache(ws)
+    cached_row, cached = _read_cache(ws)
     out = np.full((len(ids), sum(map(descriptor_size, SCALES.values()))), np.nan, dtype=np.float32)
-    todo = []
+    todo, hits, sources = [], [], []
     for row, (face, path) in enumerate(zip(ids, paths, strict=True)):
         if path is None:
             continue
-        hit = cached.get((face, path))
-        if hit is not None:
-            out[row] = hit
-        else:
+        source = cached_row.get((face, path))
+        if source is None:
             todo.append(row)
+        else:
+            hits.append(row)
+            sources.append(source)
+    if hits:
+        out[hits] = cached[sources]
     if todo:
         workers = min(8, os.cpu_count() or 1)
         with ThreadPoolExecutor(workers) as pool:  # OpenCV lets go of the GIL while it decodes and bins
@@ -90,16 +93,18 @@ def _cache_path(ws: Workspace) -> Path:
     return ws.models / "filter" / CACHE
 
 
-def _read_cache(ws: Workspace) -> dict[tuple[str, str], np.ndarray]:
-    path = _cache_path(ws)
+def _read_cache(ws: Workspace) -> tuple[dict[tuple[str, str], int], np.ndarray]:
+    """({(face id, crop path): its row}, the cached descriptors), or nothing if none are usable."""
+    nothing: tuple[dict[tuple[str, str], int], np.ndarray] = ({}, np.empty((0, 0), np.float32))
     try:
-        with np.load(path, allow_pickle=False) as saved:
+        with np.load(_cache_path(ws), allow_pickle=False) as saved:
             if str(saved["version"]) != VERSION:
-                return {}
+                return nothing
             ids, paths, values = saved["ids"], saved["paths"], saved["descriptors"]
     except (FileNotFoundError, KeyError, ValueError, OSError):
-        return {}  # none yet, or unreadable: computed again and rewritten
-    return {(str(f), str(p)): v.astype(np.float32) for f, p, v in zip(ids, paths, values, strict=True)}
+        return nothing  # none yet, or unreadable: computed again and rewritten
+    rows = {(str(face), str(path)): row for row, (face, path) in enumerate(zip(ids, paths, strict=True))}
+    return rows, values.astype(np.float32)
 
 
 def _write_cache(ws: Workspace, ids: list[str], paths: list[str | None], descriptors: np.ndarray) -> None:
