@@ -236,22 +236,21 @@ def _finish_learned(
 ) -> FilterReport:  # fmt: skip
     """Fit the learned score (or fine-tune the network) on the seeds, choose its threshold on their
     held-out scores, and write."""
-    progress("learning from the seeds", 0.3)
+    paths = [crops[face].path if face in crops else None for face in ids]
     if method == "finetuned":
         from embed.finetune import finetune_scores
 
-        paths = [crops[face].path if face in crops else None for face in ids]
+        progress("learning from the seeds", 0.3)
         learned = finetune_scores(ws, model, ids, paths, seeds)
-    else:  # the seeds' own similarities leave them out, as their vote (`loo`) does
-        near = [
+    else:
+        progress("describing the crops' shapes", 0.3)
+        shapes = shape_descriptors(ws, ids, paths)
+        progress("learning from the seeds", 0.4)
+        near = [  # the seeds' own similarities leave them out, as their vote (`loo`) does
             scorer.nearest(np.where(seeds == side, 1, -1).astype(np.int8), 3, exclude_self=True)[0]
             for side in (1, 0)
         ]
         facts = {face: FaceFacts(c.score, c.width, c.height, c.image_side) for face, c in crops.items()}
-        progress("describing the crops' shapes", 0.3)
-        paths = [crops[face].path if face in crops else None for face in ids]
-        shapes = shape_descriptors(ws, ids, paths)
-        progress("learning from the seeds", 0.4)
         learned = learn(*signals(ws, ids, vectors, loo, *near, facts, shapes), seeds)
     if options.threshold is not None:
         chosen = options.threshold, None, True

@@ -64,6 +64,16 @@ def fixture_mix(fixtures: Path, root: Path, *, copies: int = 0, patches: int = 4
     return Mix(ws, faces, [r["face_id"] for r in rows], copied, resized, origin)
 
 
+def embedded_mix(fixtures: Path, root: Path, training) -> Mix:
+    """The mix the filter tests share (10 copied pairs, 40 patches), embedded by instance discrimination
+    trained with `training` (an EmbedTrainOptions)."""
+    from embed.stage import EmbedOptions, embed_faces
+
+    mix = fixture_mix(fixtures, root, copies=10, patches=40)
+    embed_faces(mix.ws.root, EmbedOptions(train=training, progress=False))
+    return mix
+
+
 def _ingest_and_crop(fixtures: Path, ws: Workspace, folder: Path) -> None:
     ingest_folder(folder, ws.root, progress=False)
     spec = DetectorSpec(model=fixtures / "models" / "lbpcascade_animeface.xml")

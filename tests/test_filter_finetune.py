@@ -22,9 +22,8 @@ from curate.workspace import Workspace
 from embed.filter import FilterOptions, filter_faces
 from embed.finetune import finetune_scores, stratified_folds
 from embed.learned import choose_score
-from embed.stage import EmbedOptions, embed_faces
 from embed.train import EmbedTrainOptions
-from tests.mixes import Mix, fixture_mix
+from tests.mixes import Mix, embedded_mix
 
 TRAINING = EmbedTrainOptions(
     backbone="test_resnet", dim=32, size=48, epochs=5, lr=0.1, batch_size=32, device="cpu", progress=False
@@ -33,9 +32,7 @@ TRAINING = EmbedTrainOptions(
 
 @pytest.fixture(scope="module")
 def mix(fixtures, tmp_path_factory) -> Mix:
-    mix = fixture_mix(fixtures, tmp_path_factory.mktemp("mix"), copies=10, patches=40)
-    embed_faces(mix.ws.root, EmbedOptions(train=TRAINING, progress=False))
-    return mix
+    return embedded_mix(fixtures, tmp_path_factory.mktemp("mix"), TRAINING)
 
 
 def seeds(mix: Mix, count: int) -> dict[str, list[str]]:

@@ -18,9 +18,8 @@ import numpy as np
 from curate.manifest import FILTER, read_stage
 from curate.metrics import roc_auc
 from embed.filter import FilterOptions, filter_faces
-from embed.stage import EmbedOptions, embed_faces
 from embed.train import EmbedTrainOptions
-from tests.mixes import Mix, fixture_mix
+from tests.mixes import Mix, embedded_mix
 
 TRAINING = EmbedTrainOptions(
     backbone="resnet18", dim=32, size=64, epochs=30, lr=0.1, batch_size=32, device="cpu", progress=False
@@ -29,9 +28,7 @@ TRAINING = EmbedTrainOptions(
 
 @pytest.fixture(scope="module")
 def mix(fixtures, tmp_path_factory) -> Mix:
-    mix = fixture_mix(fixtures, tmp_path_factory.mktemp("mix"), copies=10, patches=40)
-    embed_faces(mix.ws.root, EmbedOptions(train=TRAINING, progress=False))
-    return mix
+    return embedded_mix(fixtures, tmp_path_factory.mktemp("mix"), TRAINING)
 
 
 @pytest.fixture(scope="module")
