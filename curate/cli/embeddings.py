@@ -142,10 +142,10 @@ def filter_command(
         str,
         typer.Option(
             help="What the threshold applies to: vote (the seeds' kNN vote), learned (a logistic regression "
-            "fitted on the seeds over the vote, the embedding, the detector's score, the box's geometry and "
-            "the tagger's probabilities), finetuned (the embedding's network fine-tuned on the seed crops: "
-            "slower, tens of seconds on CPU; needs a `curate embed`-trained embedding) or auto (learned "
-            "from 8 good and 8 bad seeds on)."
+            "fitted on the seeds over the vote, the embedding, the crop's shape, the detector's score, the "
+            "box's geometry and the tagger's probabilities), finetuned (the embedding's network fine-tuned"
+            " on the seed crops: slower, tens of seconds on CPU; needs a `curate embed`-trained embedding) "
+            "or auto (learned from 8 good and 8 bad seeds on)."
         ),
     ] = "auto",
 ) -> None:
