@@ -54,7 +54,7 @@ def standin(direction: torch.Tensor, cut: float) -> Tagging:
     """A tagger whose `toward` is on exactly when w·direction > cut, and `always` on every face."""
 
     def probabilities(images: np.ndarray, ws: torch.Tensor) -> np.ndarray:
-        toward = (ws @ direction > cut).float().numpy()
+        toward = (ws @ direction.to(ws.device) > cut).float().cpu().numpy()
         return np.stack([toward, np.ones_like(toward)], axis=1)
 
     return Tagging("stand-in", ["toward", "always"], probabilities)
@@ -66,7 +66,7 @@ def test_the_fit_recovers_a_known_direction_in_w(colour_run, tmp_path):
     gen = load_generator(colour_run, device="cpu")
     z = torch.randn(1000, gen.z_dim, generator=torch.Generator().manual_seed(99))
     w = gen.ws(z, [[i % 4] for i in range(1000)])[:, 0]
-    cut = float((w @ direction).median())  # about half the faces are `toward`
+    cut = float((w @ direction.to(w.device)).median())  # about half the faces are `toward`
     options = DirectionsOptions(
         run=colour_run, n=2000, tags=["toward", "always"], device="cpu", out=tmp_path, progress=False,
         tagging=standin(direction, cut),

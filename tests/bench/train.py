@@ -9,7 +9,7 @@ are random uint8 images held on the device, as the cached loader holds a set tha
 Run from the repo root:
   python tests/bench/train.py            a small config on the CPU (32², cpu preset, batch 16)
   python tests/bench/train.py --gpu      on CUDA: 256² at batch 32 (auto) and 64 (paper256), eager and
-                                         compiled, as the README's table
+                                         compiled, as the README's table (--compile off|on: half of it)
   python tests/bench/train.py --quick    a tiny smoke run
 Prints one JSON line on stdout; progress goes to stderr. Exits 0 even when the target is missed.
 """
@@ -122,13 +122,21 @@ def step_flops(trainer: Trainer, reals) -> float:
 def measure(
     cfg: str, res: int, batch: int, device: torch.device, *, compile: bool, steps: int, quick: bool
 ) -> dict:
+    began = time.perf_counter()
+
+    def phase(name: str) -> None:  # where the time goes, should a run hit its time limit
+        print(f"  {name} at {time.perf_counter() - began:.1f} s", file=sys.stderr, flush=True)
+
     trainer, reals = make_trainer(cfg, res, batch, device, compile=compile, quick=quick)
+    phase("counting FLOPs")
     flops = step_flops(trainer, reals)
     trainer.step = 0
     warmup = 16 if not quick else 2  # a whole regularisation cycle, and compilation
+    phase("warming up")
     for _ in range(warmup):
         trainer.run_step(reals)
     _sync(device)
+    phase("timing")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
@@ -161,6 +169,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run")
     parser.add_argument("--gpu", action="store_true", help="the 256² table on CUDA")
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument(
+        "--compile", choices=("both", "off", "on"), default="both", help="--gpu: eager, compiled, or both"
+    )
     args = parser.parse_args()
     device = torch.device("cuda" if args.gpu else "cpu")
     if args.gpu:
@@ -173,6 +184,7 @@ def main() -> None:
             ("paper256", 256, 64, False),
             ("paper256", 256, 64, True),
         ]
+        runs = [r for r in runs if args.compile == "both" or r[3] == (args.compile == "on")]
         steps = args.steps or 48
     elif args.quick:
         runs, steps = [("cpu", 16, 8, False)], args.steps or 3
