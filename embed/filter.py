@@ -9,8 +9,9 @@ estimated precision meets a target.
 With enough good and bad seeds (`score="auto"`, or `"learned"`), a logistic regression fitted on the
 seeds (embed/learned.py) scores the faces instead, over the vote and more signals: the embedding
 itself, the crop's shape (embed/shape.py), the detector's score, the crop's geometry and the tagger's
-probabilities. The threshold is chosen the same way, on the seeds' held-out probabilities; mining is
-the vote's and is skipped.
+probabilities. Its threshold is where the seeds' held-out probabilities, calibrated on their answers,
+say a face is good at the odds the target asks for (embed/threshold.py); mining is the vote's and is
+skipped.
 `score="finetuned"` fine-tunes the embedding's network itself on the seed crops (embed/finetune.py).
 """
 
@@ -37,7 +38,7 @@ from embed.index import build_index, knn_all
 from embed.learned import SCORES, FaceFacts, LearnedScore, choose_score, learn, signals
 from embed.shape import shape_descriptors
 from embed.stage import read_embeddings
-from embed.threshold import choose_threshold
+from embed.threshold import calibrated_threshold, choose_threshold
 
 TEMPERATURE = 0.07  # of the vote's weights exp(similarity / τ), as instance discrimination's softmax
 COLLAPSED = 0.97  # a median nearest-neighbour similarity this high: the embedding has not separated faces
@@ -253,12 +254,12 @@ def _finish_learned(
         facts = {face: FaceFacts(c.score, c.width, c.height, c.image_side) for face, c in crops.items()}
         learned = learn(*signals(ws, ids, vectors, loo, *near, facts, shapes), seeds)
     if options.threshold is not None:
-        chosen = options.threshold, None, True
+        chosen, cut = (options.threshold, None, True), {"rule": "given"}
     else:
-        chosen = choose_threshold(learned.held_out, seeds, options.target_precision, good_only=False)
+        *chosen, cut = calibrated_threshold(learned.held_out, seeds, options.target_precision)
     return _write(
-        ws, options, ids, faces, scorer, seeds, seeds.copy(), learned.scores, chosen, crops, model,
-        progress, learned,
+        ws, options, ids, faces, scorer, seeds, seeds.copy(), learned.scores, tuple(chosen), crops, model,
+        progress, learned, cut,
     )  # fmt: skip
 
 
@@ -276,8 +277,10 @@ def _write(
     model: str,
     progress: Callable[[str, float], None],
     learned: LearnedScore | FinetunedScore | None,
+    cut: dict | None = None,
 ) -> FilterReport:
-    """Keep by the threshold, deduplicate, write the filter manifest and report."""
+    """Keep by the threshold, deduplicate, write the filter manifest and report. `cut`: how the
+    threshold was chosen (embed/threshold.py), when not by the vote's rule."""
     threshold, precision, met = chosen
     method = "vote" if learned is None else "finetuned" if isinstance(learned, FinetunedScore) else "learned"
     keep = ((scores >= threshold) | (seeds == 1)) & (seeds != 0)
@@ -292,6 +295,7 @@ def _write(
         "model": model,
         "k": options.k,
         "threshold": threshold,
+        "cut": cut or {"rule": "given" if options.threshold is not None else "held-out precision"},
         "score": method,
         "signals": learned.signals if learned else [],
         "l2": learned.l2 if learned else None,

@@ -123,9 +123,10 @@ def test_the_bad_crops_detector_facts_are_drawn_from_the_faces(mix):
 def test_the_review_loop_learns_a_clean_set_from_the_crops_shapes(mix, tmp_path):
     """10 good and 10 bad seeds, then two rounds of the 20 faces the review queue shows first, answered
     from the truth (60 decisions), the learned score at target precision 0.95. The crops' shape
-    (embed/shape.py) carries it, where the vote on this weak embedding stays near AUC 0.8. Over six
-    runs of tests/bench/review.py and its variants at 60 decisions: open AUC 0.968 to 0.988, precision
-    0.92 to 1.0, recall 0.84 to 0.99; the bounds hold for all."""
+    (embed/shape.py) carries it, where the vote on this weak embedding stays near AUC 0.8, and the
+    calibrated cut (embed/threshold.py) meets the target: here AUC 0.995, precision 0.98, recall 1.0;
+    over six embeddings in tests/bench/review.py at 60 decisions, precision 0.956 to 0.989 and recall
+    0.896 to 0.958."""
     from curate.manifest import part_files, part_metadata
     from curate.review import decide, review_queue
     from curate.workspace import Workspace
@@ -152,7 +153,7 @@ def test_the_review_loop_learns_a_clean_set_from_the_crops_shapes(mix, tmp_path)
     )
     groups = part_metadata(part_files(ws, FILTER)[-1])["params"]["signal_groups"]
     assert len(rows) - len(unanswered) == 60
-    assert auc >= 0.94 and precision >= 0.9 and recall >= 0.8, (auc, precision, recall)
+    assert auc >= 0.94 and precision >= 0.95 and recall >= 0.85, (auc, precision, recall)
     assert max(groups, key=lambda g: groups[g]["weight"]) in ("shape", "layout"), groups
     filter_faces(ws.root, FilterOptions(score="vote", target_precision=0.95))  # the same answers
     votes = {r["face_id"]: r["score"] for r in read_stage(ws, FILTER).to_pylist()}
