@@ -6,8 +6,9 @@ then cut where a face's calibrated chance of being bad, its local false discover
 reaches LOCAL_FACTOR × (1 − target) (`calibrated_threshold`). The second reads every seed's answer at
 its own score instead of counting seeds above a cut, so it holds when the seeds are the faces nearest
 the last cut, as the review page's are: on the fixture mix (tests/bench/review.py, 6 embeddings ×
-queue and random answers) it met precision 0.95 at recall 0.90 after 60 answers in 10 of 12 runs,
-the first rule in 5, and kept more of the good faces at every target from 0.85 to 0.98.
+queue and random answers) it met precision 0.95 at recall 0.90 after 60 answers in 10 of 12 runs
+where the first rule met it in 5 (9 of 12 on another machine's embeddings), and kept more of the good
+faces at every target from 0.85 to 0.98.
 """
 
 from __future__ import annotations

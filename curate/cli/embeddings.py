@@ -123,7 +123,8 @@ def filter_command(
         typer.Option(help="Keep faces scoring at least this; default: chosen from the seeds."),
     ] = None,
     target_precision: Annotated[
-        float, typer.Option(help="Precision the chosen threshold aims at (leave-one-out on the seeds).")
+        float,
+        typer.Option(help="Precision the chosen threshold aims at, judged on the seeds' held-out scores."),
     ] = 0.9,
     dedup: Annotated[
         float, typer.Option(help="Cosine similarity at which faces are near-duplicates; 0 = no dedup.")
