@@ -9,7 +9,9 @@ from-scratch embedding's principal components 0.84. A second, 4×4 grid at 32 px
 the coarse arrangement; as a group of its own in the learned score it added 0.01 AUC there.
 
 Descriptors are cached in models/filter/shapes.npz by face id and crop path (a crop's file never
-changes under its path), so each review round computes those of new faces only.
+changes under its path), so each review round computes those of new faces only, and the file is
+rewritten only when there are some: a crop that does not decode is tried again (it costs a failed
+decode) but never makes a run rewrite the cache.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ def shape_descriptors(ws: Workspace, ids: list[str], paths: list[str | None]) ->
         for row, values in zip(todo, found, strict=True):
             if values is not None:
                 out[row] = values
-        _write_cache(ws, ids, paths, out)
+        if any(values is not None for values in found):  # a broken crop alone rewrites nothing
+            _write_cache(ws, ids, paths, out)
     split = np.cumsum([descriptor_size(side) for side in SCALES.values()])[:-1]
     return dict(zip(SCALES, np.split(out, split, axis=1), strict=True))
 

@@ -72,6 +72,11 @@ def test_a_missing_or_broken_crop_is_unknown_and_the_others_are_not(crops):
     )
     for values in found.values():
         assert np.isfinite(values[:3]).all() and np.isnan(values[3:]).all()
+    cache = ws.models / "filter" / "shapes.npz"
+    written = cache.stat()
+    again = shape_descriptors(ws, [*ids, "broken-0"], [*paths, "crops/aa/broken.png"])
+    assert np.isnan(again["shape"][3]).all() and np.array_equal(again["shape"][:3], found["shape"][:3])
+    assert (cache.stat().st_ino, cache.stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
 
 
 def test_descriptors_are_cached_by_face_and_path(crops, monkeypatch):
