@@ -36,7 +36,7 @@ from embed.dedup import PixelCheck, duplicate_groups, keepers
 from embed.finetune import FinetunedScore
 from embed.index import build_index, knn_all
 from embed.learned import SCORES, FaceFacts, LearnedScore, choose_score, learn, signals
-from embed.shape import shape_descriptors
+from embed.shape import describe_files, shape_descriptors
 from embed.stage import read_embeddings
 from embed.threshold import calibrated_threshold, choose_threshold
 
@@ -170,8 +170,8 @@ def filter_faces(workspace: str | Path, options: FilterOptions) -> FilterReport:
     ids, vectors, model = read_embeddings(ws, options.model)
     position = {face: row for row, face in enumerate(ids)}
     label = np.full(len(ids), -1, dtype=np.int8)
-    good, good_extra = _seed_ids(ws, options.good, model, vectors.shape[1])
-    bad, bad_extra = _seed_ids(ws, options.bad, model, vectors.shape[1])
+    good, good_extra, good_files = _seed_ids(ws, options.good, model, vectors.shape[1])
+    bad, bad_extra, bad_files = _seed_ids(ws, options.bad, model, vectors.shape[1])
     reviewed_good, reviewed_bad = review_seeds(ws) if options.review else ([], [])
     # a face reviewed after it was given as a seed: the person's newer decision stands
     good = [f for f in good if f not in reviewed_bad] + reviewed_good
@@ -206,7 +206,8 @@ def filter_faces(workspace: str | Path, options: FilterOptions) -> FilterReport:
     crops = _crop_facts(ws)
     if method != "vote":
         return _finish_learned(
-            ws, options, ids, faces, vectors, scorer, seeds, loo, crops, model, progress, method
+            ws, options, ids, faces, vectors, scorer, seeds, loo, crops, model, progress, method,
+            good_files + bad_files,
         )  # fmt: skip
     for round_ in range(options.rounds):
         progress(f"mining round {round_ + 1}", 0.2 + 0.4 * round_ / max(options.rounds, 1))
@@ -233,10 +234,10 @@ def filter_faces(workspace: str | Path, options: FilterOptions) -> FilterReport:
 def _finish_learned(
     ws: Workspace, options: FilterOptions, ids: list[str], faces: int, vectors: np.ndarray, scorer: Scorer,
     seeds: np.ndarray, loo: np.ndarray, crops: dict[str, CropFacts], model: str,
-    progress: Callable[[str, float], None], method: str,
+    progress: Callable[[str, float], None], method: str, example_files: list[Path],
 ) -> FilterReport:  # fmt: skip
     """Fit the learned score (or fine-tune the network) on the seeds, choose its threshold on their
-    held-out scores, and write."""
+    held-out scores, and write. `example_files`: the images of the rows after `faces`, in order."""
     paths = [crops[face].path if face in crops else None for face in ids]
     if method == "finetuned":
         from embed.finetune import finetune_scores
@@ -245,7 +246,10 @@ def _finish_learned(
         learned = finetune_scores(ws, model, ids, paths, seeds)
     else:
         progress("describing the crops' shapes", 0.3)
-        shapes = shape_descriptors(ws, ids, paths)
+        shapes = shape_descriptors(ws, ids[:faces], paths[:faces])
+        if example_files:  # the seed folders' images are described too, as their crops would be
+            examples = describe_files(example_files)
+            shapes = {name: np.concatenate([shapes[name], examples[name]]) for name in shapes}
         progress("learning from the seeds", 0.4)
         near = [  # the seeds' own similarities leave them out, as their vote (`loo`) does
             scorer.nearest(np.where(seeds == side, 1, -1).astype(np.int8), 3, exclude_self=True)[0]
@@ -342,20 +346,22 @@ class DupGroups:
     group: list[int | None]  # per face: the row of its group's keeper; None when it has no duplicate
 
 
-def _seed_ids(ws: Workspace, given: list[str], model: str, dim: int) -> tuple[list[str], np.ndarray]:
-    """Face ids as given, and the embeddings (`dim` wide, none without folders) of the images in any
-    folder given instead of ids."""
+def _seed_ids(
+    ws: Workspace, given: list[str], model: str, dim: int
+) -> tuple[list[str], np.ndarray, list[Path]]:
+    """Face ids as given, and the embeddings (`dim` wide, none without folders) and files of the images
+    in any folder given instead of ids."""
     ids, folders = [], []
     for item in given:
         (folders if Path(item).is_dir() else ids).append(item)
     if not folders:
-        return ids, np.empty((0, dim), np.float32)  # of the embeddings' width: it joins them
+        return ids, np.empty((0, dim), np.float32), []  # of the embeddings' width: it joins them
     from embed.stage import embed_files
 
     paths = [p for folder in folders for p in sorted(Path(folder).rglob("*")) if p.suffix.lower() in _IMAGES]
     if not paths:
         raise InvalidArgument(f"no images in {', '.join(folders)}")
-    return ids, embed_files(ws, model, paths)
+    return ids, embed_files(ws, model, paths), paths
 
 
 _IMAGES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"}

@@ -13,6 +13,7 @@ leave-one-out (or k-fold) probabilities, as the vote's is.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -224,7 +225,8 @@ def _components(vectors: np.ndarray, count: int) -> np.ndarray:
 def standardise(features: np.ndarray) -> np.ndarray:
     """Zero mean and unit spread per signal over all faces; unknown values at the mean (0); a constant
     signal (every face alike, or none known) is 0 throughout."""
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():  # a signal no face has is all NaN: its mean is NaN, made 0 below
+        warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(np.where(np.isfinite(features), features, np.nan), axis=0)
         std = np.nanstd(np.where(np.isfinite(features), features, np.nan), axis=0)
     mean, std = np.nan_to_num(mean), np.nan_to_num(std)

@@ -63,8 +63,23 @@ def shape_descriptors(ws: Workspace, ids: list[str], paths: list[str | None]) ->
                 out[row] = values
         if any(values is not None for values in found):  # a broken crop alone rewrites nothing
             _write_cache(ws, ids, paths, out)
+    return _by_descriptor(out)
+
+
+def describe_files(paths: list[Path]) -> dict[str, np.ndarray]:
+    """The same descriptors of image files outside the crops (a seed folder's examples), uncached: a
+    person's folder may change under the same names."""
+    out = np.full((len(paths), sum(map(descriptor_size, SCALES.values()))), np.nan, dtype=np.float32)
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        for row, values in enumerate(pool.map(_hog_of, paths)):
+            if values is not None:
+                out[row] = values
+    return _by_descriptor(out)
+
+
+def _by_descriptor(rows: np.ndarray) -> dict[str, np.ndarray]:
     split = np.cumsum([descriptor_size(side) for side in SCALES.values()])[:-1]
-    return dict(zip(SCALES, np.split(out, split, axis=1), strict=True))
+    return dict(zip(SCALES, np.split(rows, split, axis=1), strict=True))
 
 
 def _hog_of(path: Path) -> np.ndarray | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -226,8 +227,9 @@ def test_roc_auc_by_hand():
     assert roc_auc(np.array([0.9, 0.5, 0.5, 0.1]), np.array([True, True, False, False])) == 0.875
 
 
-def test_good_example_folders_without_bad_seeds(fixtures, tmp_path):
-    """`--good FOLDER` alone (no bad seeds), and with face ids beside it: the good-seeds-only path."""
+def _ten_with_examples(fixtures, tmp_path) -> tuple[Workspace, list[tuple[str, str]], Path]:
+    """The ten illustrations cropped and embedded (a tiny network), and a folder holding exact copies
+    of the first three crops."""
     import shutil
 
     from embed.stage import EmbedOptions, embed_faces
@@ -236,21 +238,21 @@ def test_good_example_folders_without_bad_seeds(fixtures, tmp_path):
 
     ws = cascade_workspace(fixtures, tmp_path, TEN_ILLUSTRATIONS)
     train = EmbedTrainOptions(
-        backbone="test_resnet",
-        dim=16,
-        size=48,
-        batch_size=4,
-        device="cpu",
-        workers=0,
-        epochs=1,
+        backbone="test_resnet", dim=16, size=48, batch_size=4, device="cpu", workers=0, epochs=1,
         progress=False,
-    )
+    )  # fmt: skip
     embed_faces(ws.root, EmbedOptions(train=train, progress=False))
     crops = sorted((r["face_id"], r["path"]) for r in read_stage(ws, CROP).to_pylist() if r["status"] == "ok")
     examples = tmp_path / "examples"
     examples.mkdir()
     for face, path in crops[:3]:  # the crops themselves: each example is its face's exact copy
         shutil.copy(ws.root / path, examples / f"{face}.png")
+    return ws, crops, examples
+
+
+def test_good_example_folders_without_bad_seeds(fixtures, tmp_path):
+    """`--good FOLDER` alone (no bad seeds), and with face ids beside it: the good-seeds-only path."""
+    ws, crops, examples = _ten_with_examples(fixtures, tmp_path)
     # no mining rounds: a face mined good is its own nearest labelled face, and scores 1 too
     report = filter_faces(ws.root, FilterOptions(good=[str(examples)], k=1, rounds=0, dedup=None))
     result = rows(ws)
@@ -272,3 +274,30 @@ def test_good_example_folders_without_bad_seeds(fixtures, tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert f"of {len(crops)} faces kept; seeds 3 good, 0 bad" in done.stdout
+
+
+def test_the_learned_score_reads_the_examples_shapes_as_their_crops(fixtures, tmp_path, monkeypatch):
+    """A folder's examples get the crop descriptors (embed/shape.py) of their own pixels: an exact copy
+    of a crop is described exactly as that crop, where it once read as unknown."""
+    import embed.filter
+
+    ws, crops, examples = _ten_with_examples(fixtures, tmp_path)
+    seen = {}
+    signals = embed.filter.signals
+
+    def spy(*args):
+        seen["shapes"] = args[-1]
+        return signals(*args)
+
+    monkeypatch.setattr(embed.filter, "signals", spy)
+    bad = [face for face, _ in crops[-2:]]
+    report = filter_faces(ws.root, FilterOptions(good=[str(examples)], bad=bad, score="learned", dedup=None))
+    assert report.score == "learned" and report.good_seeds == 3 and report.bad_seeds == 2
+    faces = len(crops)
+    from embed.stage import read_embeddings
+
+    order = {face: row for row, face in enumerate(read_embeddings(ws, None)[0])}
+    for name, rows in seen["shapes"].items():
+        assert rows.shape[0] == faces + 3 and np.isfinite(rows).all(), name
+        for n, (face, _) in enumerate(crops[:3]):
+            assert np.array_equal(rows[faces + n], rows[order[face]]), (name, face)
