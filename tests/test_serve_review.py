@@ -169,8 +169,29 @@ def test_bad_decisions_get_4xx_and_write_nothing(client, ws, route, body, code):
     else:
         answer = client.post(route, json=body)
     assert answer.status_code == code, answer.text
-    assert answer.json()["detail"]
+    assert answer.text == "Content Too Large" if code == 413 else answer.json()["detail"]
     assert tree(ws) == before
+
+
+def test_a_body_sent_in_chunks_is_bounded_too(client, ws):
+    """A body with no Content-Length (chunked) is counted as it arrives: past MAX_BODY it is a 413 and
+    nothing is written, however the client sends it."""
+    before = tree(ws)
+    head = b'{"face_id": "good4-0", "decision": "good", "pad": "'
+
+    def chunks():
+        yield head
+        for _ in range(MAX_BODY // 4096 + 2):
+            yield b"x" * 4096
+        yield b'"}'
+
+    answer = client.post("/api/review", content=chunks(), headers={"Content-Type": "application/json"})
+    assert answer.status_code == 413 and answer.json()["detail"] == "Content Too Large", answer.text
+    assert "content-length" not in {k.lower() for k in answer.request.headers}
+    assert tree(ws) == before
+    parts = iter([b'{"face_id": "good4-0", ', b'"decision": "good"}'])  # chunked and small: answered
+    small = client.post("/api/review", content=parts, headers={"Content-Type": "application/json"})
+    assert small.status_code == 200 and review.decisions(ws)["good4-0"] == "good"
 
 
 def test_a_decision_is_on_disk_when_answered_and_undo_walks_back(client, ws):
