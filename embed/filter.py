@@ -258,12 +258,13 @@ def _finish_learned(
         facts = {face: FaceFacts(c.score, c.width, c.height, c.image_side) for face, c in crops.items()}
         learned = learn(*signals(ws, ids, vectors, loo, *near, facts, shapes), seeds)
     if options.threshold is not None:
-        chosen, cut = (options.threshold, None, True), {"rule": "given"}
+        threshold, precision, met, cut = options.threshold, None, True, None  # _write records "given"
     else:
-        *chosen, cut = calibrated_threshold(learned.held_out, seeds, options.target_precision)
+        target = options.target_precision
+        threshold, precision, met, cut = calibrated_threshold(learned.held_out, seeds, target)
     return _write(
-        ws, options, ids, faces, scorer, seeds, seeds.copy(), learned.scores, tuple(chosen), crops, model,
-        progress, learned, cut,
+        ws, options, ids, faces, scorer, seeds, seeds.copy(), learned.scores, (threshold, precision, met),
+        crops, model, progress, learned, cut,
     )  # fmt: skip
 
 
@@ -284,7 +285,7 @@ def _write(
     cut: dict | None = None,
 ) -> FilterReport:
     """Keep by the threshold, deduplicate, write the filter manifest and report. `cut`: how the
-    threshold was chosen (embed/threshold.py), when not by the vote's rule."""
+    threshold was chosen (embed/threshold.py), when neither given nor by the vote's rule."""
     threshold, precision, met = chosen
     method = "vote" if learned is None else "finetuned" if isinstance(learned, FinetunedScore) else "learned"
     keep = ((scores >= threshold) | (seeds == 1)) & (seeds != 0)

@@ -191,7 +191,7 @@ def learn(features: np.ndarray, names: list[str], seeds: np.ndarray) -> LearnedS
         group: {"weight": round(float(w), 4), "l2": penalties[group]}
         for group, w in zip(columns_of, beta, strict=True)
     }
-    return LearnedScore(_sigmoid(stacked_all @ beta + bias), held, names, l2, groups)
+    return LearnedScore(sigmoid(stacked_all @ beta + bias), held, names, l2, groups)
 
 
 def best_l2(x: np.ndarray, y: np.ndarray, folds: np.ndarray) -> float:
@@ -244,7 +244,7 @@ def _held_out(x: np.ndarray, y: np.ndarray, folds: np.ndarray, l2: float) -> np.
     for fold in np.unique(folds):
         test = folds == fold
         beta, bias = fit_logistic(x[~test], y[~test], l2)
-        out[test] = _sigmoid(x[test] @ beta + bias)
+        out[test] = sigmoid(x[test] @ beta + bias)
     return out
 
 
@@ -276,7 +276,7 @@ def fit_logistic(
 
     current = loss(w)
     for _ in range(steps):
-        p = _sigmoid(design @ w)
+        p = sigmoid(design @ w)
         gradient = design.T @ (weight * (p - y)) + penalty * w
         hessian = (design.T * (weight * p * (1 - p))) @ design + np.diag(penalty + 1e-10)
         step = np.linalg.solve(hessian, gradient)
@@ -292,5 +292,6 @@ def fit_logistic(
     return w[:d], float(w[d])
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """1 / (1 + e^−z), without overflow at either end."""
     return np.exp(-np.logaddexp(0, -z))

@@ -55,13 +55,9 @@ def shape_descriptors(ws: Workspace, ids: list[str], paths: list[str | None]) ->
     if hits:
         out[hits] = cached[sources]
     if todo:
-        workers = min(8, os.cpu_count() or 1)
-        with ThreadPoolExecutor(workers) as pool:  # OpenCV lets go of the GIL while it decodes and bins
-            found = list(pool.map(lambda row: _hog_of(ws.root / paths[row]), todo))
-        for row, values in zip(todo, found, strict=True):
-            if values is not None:
-                out[row] = values
-        if any(values is not None for values in found):  # a broken crop alone rewrites nothing
+        found = _hog_rows([ws.root / paths[row] for row in todo])
+        out[todo] = found
+        if np.isfinite(found[:, 0]).any():  # a broken crop alone rewrites nothing
             _write_cache(ws, ids, paths, out)
     return _by_descriptor(out)
 
@@ -69,12 +65,17 @@ def shape_descriptors(ws: Workspace, ids: list[str], paths: list[str | None]) ->
 def describe_files(paths: list[Path]) -> dict[str, np.ndarray]:
     """The same descriptors of image files outside the crops (a seed folder's examples), uncached: a
     person's folder may change under the same names."""
-    out = np.full((len(paths), sum(map(descriptor_size, SCALES.values()))), np.nan, dtype=np.float32)
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        for row, values in enumerate(pool.map(_hog_of, paths)):
+    return _by_descriptor(_hog_rows(paths))
+
+
+def _hog_rows(files: list[Path]) -> np.ndarray:
+    """N × every descriptor of `files`, a NaN row for each that does not decode."""
+    out = np.full((len(files), sum(map(descriptor_size, SCALES.values()))), np.nan, dtype=np.float32)
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # OpenCV lets go of the GIL
+        for row, values in enumerate(pool.map(_hog_of, files)):
             if values is not None:
                 out[row] = values
-    return _by_descriptor(out)
+    return out
 
 
 def _by_descriptor(rows: np.ndarray) -> dict[str, np.ndarray]:

@@ -77,7 +77,7 @@ def calibrated_threshold(
     there). Where the held-out scores do not rank the seeds at all, `choose_threshold` cuts instead.
     The estimated precision is the seeds' above the cut, each scored without itself, as before.
     """
-    from embed.learned import LOGIT_SCALE, fit_logistic, logit
+    from embed.learned import LOGIT_SCALE, fit_logistic, logit, sigmoid
 
     seeds = (label >= 0) & np.isfinite(held_out)
     level = max(MAJORITY, 1 - LOCAL_FACTOR * (1 - target))
@@ -87,7 +87,7 @@ def calibrated_threshold(
         (slope,), bias = fit_logistic(x, good, CALIBRATION_L2, balanced=False)
         if slope > 1e-6:
             z = LOGIT_SCALE * (float(logit(np.array([level]))[0]) - bias) / float(slope)
-            threshold = float(1 / (1 + math.exp(-z))) if z > -700 else 0.0
+            threshold = float(sigmoid(np.array(z)))
             above = seeds & (held_out >= threshold)
             estimate = float((label[above] == 1).mean()) if above.any() else None
             calibration = {"rule": "calibrated", "level": level, "slope": float(slope), "bias": bias}
