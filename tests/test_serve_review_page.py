@@ -40,8 +40,12 @@ def test_review_by_keyboard_then_run_the_filter(served):
     page.wait_for_function("document.querySelector('[data-count=kept]').textContent !== '–'")
     shown = page.eval_on_selector_all(".face", "nodes => nodes.map(n => n.dataset.face)")
     assert len(shown) == 35  # 40 faces, undecided only: the five seeds are left out
-    loaded = "imgs => imgs.slice(0, 4).every(i => i.complete && i.naturalWidth === 64)"
-    assert page.eval_on_selector_all(".face img", loaded)  # crops, fetched with the token in the query
+    # The crops, fetched with the token in the query: waited for, since they load after the grid is drawn.
+    first_crops_loaded = (
+        "[...document.querySelectorAll('.face img')].slice(0, 4)"
+        ".every(i => i.complete && i.naturalWidth === 64)"
+    )
+    page.wait_for_function(first_crops_loaded, timeout=10_000)
     before = counts(page)
     assert before["faces"] == "40" and before["good"] == "0"
     assert page.get_attribute("nav a[href^='/generate']", "href") == f"/generate?token={TOKEN}"
