@@ -16,6 +16,7 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +120,14 @@ class Job:
         images = [image for batch in batches for image in batch]
         self.report.images += len(images)
         return images
+
+    def render_seeds(self, seed_batches: Iterable[list[int]]) -> Iterator[np.ndarray]:
+        """The images (uint8 NHWC) of each batch of seeds under --tags, the next batch's ws made and
+        queued on the device while the caller writes this one's files."""
+        batches = ((self.ws(seeds), seeds) for seeds in seed_batches)
+        for images in self.gen.stream(batches, noise_mode=self.options.noise_mode):
+            self.report.images += len(images)
+            yield images
 
     def names(self, row: list[int]) -> list[str]:
         return [self.gen.label_names[i] for i in row]

@@ -31,9 +31,9 @@ def images(job: Job) -> None:
     seeds = list(range(o.seed, o.seed + n))
     tiles: list[np.ndarray] = []
     with StageProgress("generate", total=n, unit="images", enabled=o.progress and n > o.batch) as bar:
-        for start in range(0, n, o.batch):
-            chunk = seeds[start : start + o.batch]
-            for seed, image in zip(chunk, job.render(job.ws(chunk), chunk), strict=True):
+        chunks = [seeds[start : start + o.batch] for start in range(0, n, o.batch)]
+        for chunk, batch in zip(chunks, job.render_seeds(chunks), strict=True):
+            for seed, image in zip(chunk, batch, strict=True):
                 job.writer.put(job.folder / f"seed{seed:04d}.png", image)
                 if len(tiles) < GRID_MAX:
                     tiles.append(image)

@@ -109,18 +109,38 @@ class TrainedGenerator:
     ) -> Iterator[np.ndarray]:
         """uint8 NHWC batches of the images of `ws`. With `noise_mode="random"` and `noise_seeds` (one
         per w), each image's noise is a function of its seed, so it is the same in any batch."""
-        import torch
-
         if noise_seeds is not None and len(noise_seeds) != len(ws):
             raise ValueError(f"{len(ws)} ws but {len(noise_seeds)} noise seeds")
+        batches = (
+            (ws[start : start + batch], None if noise_seeds is None else noise_seeds[start : start + batch])
+            for start in range(0, len(ws), batch)
+        )
+        return self.stream(batches, noise_mode=noise_mode)
+
+    def stream(
+        self, batches: Iterable[tuple[torch.Tensor, list[int] | None]], *, noise_mode: str = "const"
+    ) -> Iterator[np.ndarray]:
+        """uint8 NHWC images per (ws, noise seeds) batch, with the next batch already queued on the GPU
+        while the caller handles this one: the copy back is the only wait, and it overlaps the next
+        forward. `batches` may be lazy; its ws are made when the batch is queued."""
+        import torch
+
+        pending: _Pending | None = None
         with torch.no_grad():
-            for start in range(0, len(ws), batch):
-                chunk = ws[start : start + batch].to(self.device)
+            for ws, noise_seeds in batches:
+                if noise_seeds is not None and len(noise_seeds) != len(ws):
+                    raise ValueError(f"{len(ws)} ws but {len(noise_seeds)} noise seeds")
+                chunk = ws.to(self.device)
                 if noise_mode == "random" and noise_seeds is not None:
-                    noise = seed_noise(self.G.synthesis, noise_seeds[start : start + batch], self.device)
+                    noise = seed_noise(self.G.synthesis, noise_seeds, self.device)
                 else:
                     noise = self.G.synthesis.make_noise(len(chunk), noise_mode)
-                yield to_uint8(self.G.synthesis(chunk, noise))
+                queued = _Pending.of(self.G.synthesis(chunk, noise))
+                if pending is not None:
+                    yield pending.result()
+                pending = queued
+            if pending is not None:
+                yield pending.result()
 
     def style_groups(self) -> dict[str, list[int]]:
         """The ws indices of the coarse (4²–8²), middle (16²–32²) and fine (64² up) layers; see
@@ -158,7 +178,38 @@ def seed_noise(synthesis: torch.nn.Module, seeds: list[int], device: torch.devic
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """Generator output in [−1, 1], NCHW → uint8 NHWC on the CPU."""
-    return (images.clamp(-1, 1) * 127.5 + 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return _uint8_nhwc(images).cpu().numpy()
+
+
+def _uint8_nhwc(images: torch.Tensor) -> torch.Tensor:
+    return (images.clamp(-1, 1) * 127.5 + 127.5).round().byte().permute(0, 2, 3, 1)
+
+
+@dataclass
+class _Pending:
+    """A batch on its way to the CPU: on CUDA a non-blocking copy into pinned memory and the event that
+    says it landed; elsewhere the array itself."""
+
+    host: torch.Tensor
+    event: torch.cuda.Event | None = None
+
+    @classmethod
+    def of(cls, images: torch.Tensor) -> _Pending:
+        import torch
+
+        pixels = _uint8_nhwc(images)
+        if pixels.device.type != "cuda":
+            return cls(pixels.contiguous())
+        host = torch.empty(pixels.shape, dtype=torch.uint8, pin_memory=True)
+        host.copy_(pixels, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return cls(host, event)
+
+    def result(self) -> np.ndarray:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.numpy()
 
 
 def seed_z(seeds: Iterable[int], z_dim: int) -> torch.Tensor:
