@@ -83,6 +83,8 @@ def test_generate_benchmark_prints_one_json_line_of_figures():
     for key in (
         "bare_images_per_s",
         "curate_images_per_s",
+        "render_images_per_s",
+        "png_images_per_s",
         "fid_generated_images_per_s",
         "fid_reals_images_per_s",
     ):

@@ -3,7 +3,9 @@
 A 256² conditional generator (the `auto` preset's network, 59 labels, random weights) is saved as a
 snapshot in the real format; then, in the same process and on the same device:
   - bare: G_ema(z, c) batch after batch, nothing else (the ceiling);
-  - curate: `train.generate.generate` making the same number of images, PNGs and grid included;
+  - curate: `train.generate.generate` making the same number of images, PNGs and grid included, and
+    its two halves alone (the generator's stream without files, the PNG writer without the generator),
+    to tell which one holds it back;
   - fid: generated images through pytorch-fid's Inception (random weights in its file format), the
     path `curate metrics` and `train --metrics` take, and reals (uint8 arrays) through it alone.
 Target: curate ≥ 90% of bare.
@@ -79,6 +81,29 @@ def bare_forward(G, count: int, batch: int, device: torch.device, half) -> float
     return count / (time.perf_counter() - start)
 
 
+def curate_parts(
+    snapshot: Path, count: int, batch: int, device: torch.device, out: Path
+) -> tuple[float, float]:
+    """Images/s of curate's two halves alone: the generator's stream (ws made per batch, pixels back
+    on the CPU, no files) and the threaded PNG writer over those pixels (no generator)."""
+    from train.inference import load_generator, seed_z
+    from train.pngwriter import PngWriter
+
+    gen = load_generator(snapshot, None, str(device))
+    chunks = [list(range(start, min(start + batch, count))) for start in range(0, count, batch)]
+    batches = ((gen.ws(seed_z(chunk, gen.z_dim), [[0]] * len(chunk)), chunk) for chunk in chunks)
+    start = time.perf_counter()
+    images = [image for pixels in gen.stream(batches) for image in pixels]
+    render = count / (time.perf_counter() - start)
+    out.mkdir()
+    writer = PngWriter()
+    start = time.perf_counter()
+    for k, image in enumerate(images):
+        writer.put(out / f"{k}.png", image)
+    writer.close()
+    return render, count / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -103,6 +128,8 @@ def main() -> None:
         report = generate(options)
         curate = report.images_per_sec
         print(f"bare {bare:.1f} images/s, curate generate {curate:.1f} images/s", file=sys.stderr)
+        render, png = curate_parts(snapshot, count, batch, device, folder / "parts")
+        print(f"curate's parts alone: render {render:.1f}, PNG writer {png:.1f} images/s", file=sys.stderr)
 
         from train.inception import load_inception
         from train.quality import generated_features
@@ -131,6 +158,8 @@ def main() -> None:
         "bare_images_per_s": round(bare, 2),
         "curate_images_per_s": round(curate, 2),
         "curate_share_of_bare": round(curate / bare, 3),
+        "render_images_per_s": round(render, 2),  # curate's generator path without files
+        "png_images_per_s": round(png, 2),  # curate's PNG writer without the generator
         "target_share": TARGET_SHARE,
         "meets_target": curate / bare >= TARGET_SHARE,
         "fid_generated_images_per_s": round(fid_generated, 2),
