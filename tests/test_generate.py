@@ -272,6 +272,7 @@ def test_the_stream_queues_the_next_batch_before_handing_back_this_one(colour_ru
     stream = gen.stream(batches(), noise_mode="random")
     first = next(stream)
     assert pulled == [0, 1]  # batch 1 is on the device while the caller writes batch 0's files
+    assert torch.is_grad_enabled()  # the stream's no_grad does not leak into the caller between batches
     streamed = [first, *stream]
     assert [len(b) for b in streamed] == [3, 1, 2] and pulled == [0, 1, 2]
     every = [s for chunk in seeds for s in chunk]

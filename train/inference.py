@@ -126,21 +126,21 @@ class TrainedGenerator:
         import torch
 
         pending: _Pending | None = None
-        with torch.no_grad():
-            for ws, noise_seeds in batches:
-                if noise_seeds is not None and len(noise_seeds) != len(ws):
-                    raise ValueError(f"{len(ws)} ws but {len(noise_seeds)} noise seeds")
+        for ws, noise_seeds in batches:
+            if noise_seeds is not None and len(noise_seeds) != len(ws):
+                raise ValueError(f"{len(ws)} ws but {len(noise_seeds)} noise seeds")
+            with torch.no_grad():  # not around the yields: the caller's code between them keeps its grad mode
                 chunk = ws.to(self.device)
                 if noise_mode == "random" and noise_seeds is not None:
                     noise = seed_noise(self.G.synthesis, noise_seeds, self.device)
                 else:
                     noise = self.G.synthesis.make_noise(len(chunk), noise_mode)
                 queued = _Pending.of(self.G.synthesis(chunk, noise))
-                if pending is not None:
-                    yield pending.result()
-                pending = queued
             if pending is not None:
                 yield pending.result()
+            pending = queued
+        if pending is not None:
+            yield pending.result()
 
     def style_groups(self) -> dict[str, list[int]]:
         """The ws indices of the coarse (4²–8²), middle (16²–32²) and fine (64² up) layers; see
