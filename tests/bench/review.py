@@ -18,7 +18,8 @@ With `--tagger MODEL` it also runs the same arms on the tagger's pooled features
 (`--init tagger:MODEL`), reported under `beside`.
 
 Run from the repo root:
-``python tests/bench/review.py [--quick] [--rounds N] [--features timm:NAME] [--tagger MODEL]``.
+``python tests/bench/review.py [--quick] [--rounds N] [--features timm:NAME] [--tagger MODEL]
+[--local-factor F]``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from curate.manifest import FILTER, read_stage  # noqa: E402
 from curate.metrics import roc_auc  # noqa: E402
 from curate.review import decide, decisions, review_queue  # noqa: E402
 from curate.workspace import Workspace  # noqa: E402
+from embed import threshold  # noqa: E402
 from embed.filter import FilterOptions, filter_faces  # noqa: E402
 from embed.stage import EmbedOptions, embed_faces  # noqa: E402
 from embed.train import EmbedTrainOptions  # noqa: E402
@@ -75,7 +77,12 @@ def main() -> None:
     parser.add_argument(
         "--scores", default="vote,learned,finetuned", help="the filter scores to run arms of, comma-separated"
     )
+    parser.add_argument(
+        "--local-factor", type=float, default=None, help="the learned cut's LOCAL_FACTOR (embed/threshold.py)"
+    )
     args = parser.parse_args()
+    if args.local_factor is not None:  # the cut's one constant, to measure it on this machine's embeddings
+        threshold.LOCAL_FACTOR = args.local_factor
     backbone, epochs, size = ("test_resnet", 5, 48) if args.quick else (args.backbone, args.epochs, args.size)
     rounds = min(args.rounds, 2) if args.quick else args.rounds
     training = EmbedTrainOptions(
